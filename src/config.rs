@@ -1,0 +1,177 @@
+//! The configuration: one TOML file, overridable by `SESSIONGATE_*`
+//! environment variables, turned into a validated, typed [`Config`].
+//!
+//! The file format lives in private `Raw*` structs (serde, unknown keys
+//! refused); [`Config`] holds only values that were checked, so the rest of
+//! the crate never re-validates. Errors name the file, the key and what would
+//! be accepted. Environment overrides are in [`env`].
+
+mod env;
+mod raw;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use ipnet::IpNet;
+
+use crate::cookie::{SameSite, SecretKey};
+use crate::protocol::HeaderPrefix;
+
+pub use env::ENV_PREFIX;
+
+/// Shortest accepted secret: HMAC-SHA256 keys below the hash's output size
+/// weaken the signature, so they are refused rather than warned about.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Largest accepted `session.max_bytes`: the session travels as one request
+/// header, and most upstream servers refuse header lines far below this.
+pub const MAX_SESSION_BYTES: usize = 1024 * 1024;
+
+/// A configuration error, with enough context for the user to fix the file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config file {path}: key `{key}`: {message}")]
+    Key {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+/// Where the upstream app is and how long to wait for it.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    pub connect_timeout: Duration,
+    /// Longest wait for the upstream's response head (-> 504).
+    pub timeout: Duration,
+}
+
+/// The signing secrets: the current one signs, all verify.
+pub struct Secrets {
+    pub current: SecretKey,
+    pub previous: Vec<SecretKey>,
+}
+
+impl std::fmt::Debug for Secrets {
+    // Secrets never reach a log, not even through `{:?}` of the whole config.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Secrets {{ current: <redacted>, previous: {} }}",
+            self.previous.len()
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CookieConfig {
+    pub name: String,
+    pub path: String,
+    pub domain: Option<String>,
+    pub secure: bool,
+    pub http_only: bool,
+    pub same_site: SameSite,
+    pub max_age: Option<Duration>,
+    /// Whether the session cookie is also sent to the upstream (off by default).
+    pub forward_to_upstream: bool,
+}
+
+/// When a browser without a session gets its cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateMode {
+    /// First visit: the cookie is set at once.
+    Eager,
+    /// Django's behaviour: the cookie is set once the upstream stores something.
+    Lazy,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub create: CreateMode,
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Duration,
+    pub max_bytes: usize,
+    pub max_sessions: usize,
+    /// Upper bound on operation headers in one upstream response.
+    pub max_operations: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Memory,
+}
+
+impl StoreConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreConfig::Memory => "memory",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it came from, for messages and reloads.
+    pub source: PathBuf,
+    pub listen: SocketAddr,
+    pub upstream: UpstreamConfig,
+    pub header_prefix: HeaderPrefix,
+    /// Peers whose `X-Forwarded-*` headers are kept and extended.
+    pub trusted_proxies: Vec<IpNet>,
+    pub secrets: Secrets,
+    pub cookie: CookieConfig,
+    pub session: SessionConfig,
+    pub store: StoreConfig,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads, overrides from the process environment, and validates.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text, std::env::vars())
+    }
+
+    /// Parses `text` (named `path` in messages) with the given environment.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, Error> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::Syntax {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        env::apply_overrides(&mut table, vars)?;
+        let raw = raw::RawConfig::from_table(table).map_err(|(key, message)| Error::Key {
+            path: path.to_owned(),
+            key,
+            message,
+        })?;
+        raw.validate(path)
+    }
+}

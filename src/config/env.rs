@@ -1,0 +1,227 @@
+//! Environment overrides for containers: `SESSIONGATE_<KEY>` for top-level
+//! keys and `SESSIONGATE_<SECTION>_<KEY>` for keys in a section, upper-cased
+//! (`SESSIONGATE_COOKIE_SAME_SITE` sets `[cookie] same_site`).
+//!
+//! Overrides are merged into the parsed TOML table before validation, so they
+//! go through exactly the checks the file does. A `SESSIONGATE_` variable that
+//! names no key is an error, like an unknown key in the file.
+
+use super::Error;
+
+pub const ENV_PREFIX: &str = "SESSIONGATE_";
+
+/// Variables with the prefix that are not config keys.
+const RESERVED: &[&str] = &["SESSIONGATE_CONFIG"];
+
+/// How a variable's text becomes a TOML value.
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Bool,
+    Integer,
+    /// Integer seconds, or a duration string such as "90s".
+    Duration,
+    /// Comma-separated list of strings.
+    List,
+}
+
+/// Every overridable key: (section, key, kind). Kept beside the raw structs;
+/// the test below proves each entry is a key the file format accepts.
+const KEYS: &[(&str, &str, Kind)] = &[
+    ("", "listen", Kind::Text),
+    ("", "upstream", Kind::Text),
+    ("", "header_prefix", Kind::Text),
+    ("", "trusted_proxies", Kind::List),
+    ("upstream", "url", Kind::Text),
+    ("upstream", "connect_timeout", Kind::Duration),
+    ("upstream", "timeout", Kind::Duration),
+    ("secret", "value", Kind::Text),
+    ("secret", "env", Kind::Text),
+    ("secret", "file", Kind::Text),
+    ("secret", "previous", Kind::List),
+    ("cookie", "name", Kind::Text),
+    ("cookie", "path", Kind::Text),
+    ("cookie", "domain", Kind::Text),
+    ("cookie", "secure", Kind::Bool),
+    ("cookie", "http_only", Kind::Bool),
+    ("cookie", "same_site", Kind::Text),
+    ("cookie", "max_age", Kind::Duration),
+    ("cookie", "forward_to_upstream", Kind::Bool),
+    ("session", "create", Kind::Text),
+    ("session", "idle_timeout", Kind::Duration),
+    ("session", "absolute_timeout", Kind::Duration),
+    ("session", "max_bytes", Kind::Integer),
+    ("session", "max_sessions", Kind::Integer),
+    ("session", "max_operations", Kind::Integer),
+    ("store", "kind", Kind::Text),
+    ("log", "format", Kind::Text),
+];
+
+fn var_name(section: &str, key: &str) -> String {
+    if section.is_empty() {
+        format!("{ENV_PREFIX}{}", key.to_ascii_uppercase())
+    } else {
+        format!(
+            "{ENV_PREFIX}{}_{}",
+            section.to_ascii_uppercase(),
+            key.to_ascii_uppercase()
+        )
+    }
+}
+
+/// Merges every `SESSIONGATE_*` variable of `vars` into `table`.
+pub fn apply_overrides(
+    table: &mut toml::Table,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), Error> {
+    // The variable that holds the secret itself may carry our prefix.
+    let secret_var = table
+        .get("secret")
+        .and_then(|s| s.get("env"))
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
+    let mut vars: Vec<_> = vars
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .filter(|(name, _)| !RESERVED.contains(&name.as_str()) && Some(name) != secret_var.as_ref())
+        .collect();
+    // Deterministic order, so that `upstream` is set before `upstream.*`.
+    vars.sort();
+    for (var, text) in vars {
+        let Some(&(section, key, kind)) = KEYS.iter().find(|(s, k, _)| var_name(s, k) == var)
+        else {
+            return Err(Error::Env {
+                var,
+                message: "names no config key (see the README's environment table)".to_owned(),
+            });
+        };
+        let value = to_value(kind, &text).map_err(|message| Error::Env {
+            var: var.clone(),
+            message,
+        })?;
+        set(table, section, key, value);
+    }
+    Ok(())
+}
+
+fn to_value(kind: Kind, text: &str) -> Result<toml::Value, String> {
+    let text = text.trim();
+    Ok(match kind {
+        Kind::Text => toml::Value::String(text.to_owned()),
+        Kind::Bool => match text.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
+            "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
+            _ => return Err(format!("`{text}`: expected true or false")),
+        },
+        Kind::Integer => toml::Value::Integer(
+            text.parse()
+                .map_err(|_| format!("`{text}`: expected a non-negative integer"))?,
+        ),
+        Kind::Duration => match text.parse::<i64>() {
+            Ok(seconds) => toml::Value::Integer(seconds),
+            Err(_) => toml::Value::String(text.to_owned()),
+        },
+        Kind::List => toml::Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
+    })
+}
+
+fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
+    if section.is_empty() {
+        table.insert(key.to_owned(), value);
+        return;
+    }
+    let entry = table
+        .entry(section.to_owned())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    // `upstream = "http://..."` is shorthand for `[upstream] url = ...`.
+    if let toml::Value::String(url) = entry {
+        let mut expanded = toml::Table::new();
+        expanded.insert("url".to_owned(), toml::Value::String(std::mem::take(url)));
+        *entry = toml::Value::Table(expanded);
+    }
+    if let toml::Value::Table(section) = entry {
+        section.insert(key.to_owned(), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    const BASE: &str = r#"
+        upstream = "http://127.0.0.1:3000"
+        [secret]
+        value = "0123456789abcdef0123456789abcdef"
+    "#;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, Error> {
+        let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::parse(Path::new("test.toml"), BASE, vars)
+    }
+
+    #[test]
+    fn every_listed_key_is_accepted_by_the_file_format() {
+        for &(section, key, kind) in KEYS {
+            let sample = match kind {
+                Kind::Text => "x",
+                Kind::Bool => "true",
+                Kind::Integer => "7",
+                Kind::Duration => "90s",
+                Kind::List => "a,b",
+            };
+            let mut table: toml::Table = BASE.parse().unwrap();
+            set(&mut table, section, key, to_value(kind, sample).unwrap());
+            if let Err((k, m)) = super::super::raw::RawConfig::from_table(table) {
+                panic!(
+                    "{}: rejected by the file format at {k}: {m}",
+                    var_name(section, key)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn overrides_replace_file_values_and_expand_the_upstream_shorthand() {
+        let config = parse(&[
+            ("SESSIONGATE_LISTEN", "0.0.0.0:9000"),
+            ("SESSIONGATE_UPSTREAM_TIMEOUT", "3s"),
+            ("SESSIONGATE_COOKIE_SECURE", "false"),
+            ("SESSIONGATE_SESSION_MAX_BYTES", "100"),
+            ("SESSIONGATE_CONFIG", "/ignored.toml"),
+            ("PATH", "/bin"),
+        ])
+        .unwrap();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.upstream.authority.as_str(), "127.0.0.1:3000");
+        assert_eq!(config.upstream.timeout.as_secs(), 3);
+        assert!(!config.cookie.secure);
+        assert_eq!(config.session.max_bytes, 100);
+    }
+
+    #[test]
+    fn unknown_variable_is_an_error_naming_it() {
+        let err = parse(&[("SESSIONGATE_COOKIE_NMAE", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SESSIONGATE_COOKIE_NMAE"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_an_error_naming_the_variable() {
+        let err = parse(&[("SESSIONGATE_COOKIE_SECURE", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SESSIONGATE_COOKIE_SECURE") && err.contains("true or false"),
+            "{err}"
+        );
+    }
+}

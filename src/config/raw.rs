@@ -1,0 +1,478 @@
+//! The file format as written by users, and its validation into [`Config`].
+//!
+//! Every struct refuses unknown keys. Defaults live here, next to the key
+//! they belong to, and are repeated in the README's config reference.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::Uri;
+use serde::Deserialize;
+
+use super::{
+    Config, CookieConfig, CreateMode, Error, LogFormat, MAX_SESSION_BYTES, MIN_SECRET_BYTES,
+    Secrets, SessionConfig, StoreConfig, UpstreamConfig,
+};
+use crate::cookie::{SameSite, SecretKey};
+use crate::protocol::HeaderPrefix;
+
+/// A duration as users write it: integer seconds, or a string such as
+/// `"90s"`, `"30m"`, `"14d"`, `"500ms"`.
+#[derive(Debug, Clone, Copy)]
+pub struct RawDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Seconds(u64),
+            Text(String),
+        }
+        let accepted = "expected integer seconds or a string such as \"90s\", \"30m\", \"14d\"";
+        match Form::deserialize(d).map_err(|_| serde::de::Error::custom(accepted))? {
+            Form::Seconds(s) => Ok(RawDuration(Duration::from_secs(s))),
+            Form::Text(t) => parse_duration(&t)
+                .map(RawDuration)
+                .ok_or_else(|| serde::de::Error::custom(format!("`{t}`: {accepted}"))),
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text).ok()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    listen: Option<String>,
+    upstream: Option<RawUpstream>,
+    header_prefix: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    secret: Option<RawSecret>,
+    #[serde(default)]
+    cookie: RawCookie,
+    #[serde(default)]
+    session: RawSession,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    log: RawLog,
+}
+
+/// `upstream = "http://host:port"` or an `[upstream]` table.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawUpstream {
+    Url(String),
+    Table(RawUpstreamTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTable {
+    url: Option<String>,
+    connect_timeout: Option<RawDuration>,
+    timeout: Option<RawDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    value: Option<String>,
+    env: Option<String>,
+    file: Option<String>,
+    #[serde(default)]
+    previous: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCookie {
+    name: Option<String>,
+    path: Option<String>,
+    domain: Option<String>,
+    secure: Option<bool>,
+    http_only: Option<bool>,
+    same_site: Option<String>,
+    max_age: Option<RawDuration>,
+    forward_to_upstream: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSession {
+    create: Option<String>,
+    idle_timeout: Option<RawDuration>,
+    absolute_timeout: Option<RawDuration>,
+    max_bytes: Option<usize>,
+    max_sessions: Option<usize>,
+    max_operations: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    kind: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+}
+
+/// A problem with one key: its dotted name and what is wrong.
+type KeyError = (String, String);
+
+fn key_error(key: &str, message: impl Into<String>) -> KeyError {
+    (key.to_owned(), message.into())
+}
+
+impl RawConfig {
+    pub fn from_table(table: toml::Table) -> Result<RawConfig, KeyError> {
+        serde_path_to_error::deserialize(table).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." {
+                "(top level)".to_owned()
+            } else {
+                key
+            };
+            (key, e.into_inner().message().to_owned())
+        })
+    }
+
+    pub fn validate(self, path: &Path) -> Result<Config, Error> {
+        self.build(path).map_err(|(key, message)| Error::Key {
+            path: path.to_owned(),
+            key,
+            message,
+        })
+    }
+
+    fn build(self, source: &Path) -> Result<Config, KeyError> {
+        let listen = parse_listen(self.listen.as_deref().unwrap_or("127.0.0.1:8080"))?;
+        let upstream = validate_upstream(self.upstream)?;
+        let header_prefix = match self.header_prefix.as_deref() {
+            None => HeaderPrefix::default(),
+            Some(p) => HeaderPrefix::new(p).map_err(|m| key_error("header_prefix", m))?,
+        };
+        let trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .map(|t| {
+                parse_net(t).ok_or_else(|| {
+                    key_error(
+                        "trusted_proxies",
+                        format!("`{t}` is not an IP address or CIDR range such as \"10.0.0.0/8\""),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let log_format = match self.log.format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(key_error(
+                    "log.format",
+                    format!("`{other}`: expected \"text\" or \"json\""),
+                ));
+            }
+        };
+        let secret = self.secret.ok_or_else(|| {
+            key_error(
+                "secret",
+                "missing: set one of secret.value, secret.env or secret.file (at least 32 bytes)",
+            )
+        })?;
+        Ok(Config {
+            source: source.to_owned(),
+            listen,
+            upstream,
+            header_prefix,
+            trusted_proxies,
+            secrets: validate_secret(secret)?,
+            cookie: validate_cookie(self.cookie)?,
+            session: validate_session(self.session)?,
+            store: validate_store(self.store)?,
+            log_format,
+        })
+    }
+}
+
+fn parse_listen(text: &str) -> Result<SocketAddr, KeyError> {
+    text.parse().map_err(|_| {
+        key_error(
+            "listen",
+            format!("`{text}` is not an address such as \"127.0.0.1:8080\" or \"[::]:8080\""),
+        )
+    })
+}
+
+fn parse_net(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
+}
+
+fn validate_upstream(raw: Option<RawUpstream>) -> Result<UpstreamConfig, KeyError> {
+    let table = match raw {
+        None => {
+            return Err(key_error(
+                "upstream",
+                "missing: the app's address, such as \"http://127.0.0.1:3000\"",
+            ));
+        }
+        Some(RawUpstream::Url(url)) => RawUpstreamTable {
+            url: Some(url),
+            connect_timeout: None,
+            timeout: None,
+        },
+        Some(RawUpstream::Table(t)) => t,
+    };
+    let url = table.url.ok_or_else(|| {
+        key_error(
+            "upstream.url",
+            "missing: the app's address, such as \"http://127.0.0.1:3000\"",
+        )
+    })?;
+    let accepted =
+        "expected an http URL with host and port and no path, such as \"http://127.0.0.1:3000\"";
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| key_error("upstream.url", format!("`{url}`: {accepted}")))?;
+    let scheme = uri.scheme().cloned();
+    if scheme.as_ref() != Some(&http::uri::Scheme::HTTP) {
+        return Err(key_error(
+            "upstream.url",
+            format!("`{url}`: only http:// upstreams are supported; {accepted}"),
+        ));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| key_error("upstream.url", format!("`{url}`: {accepted}")))?;
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() || authority.as_str().contains('@')
+    {
+        return Err(key_error("upstream.url", format!("`{url}`: {accepted}")));
+    }
+    let connect_timeout = positive(
+        "upstream.connect_timeout",
+        table.connect_timeout,
+        Duration::from_secs(5),
+    )?;
+    let timeout = positive("upstream.timeout", table.timeout, Duration::from_secs(60))?;
+    Ok(UpstreamConfig {
+        scheme: http::uri::Scheme::HTTP,
+        authority,
+        connect_timeout,
+        timeout,
+    })
+}
+
+fn positive(
+    key: &str,
+    value: Option<RawDuration>,
+    default: Duration,
+) -> Result<Duration, KeyError> {
+    match value {
+        None => Ok(default),
+        Some(RawDuration(d)) if d.is_zero() => Err(key_error(key, "must be greater than zero")),
+        Some(RawDuration(d)) => Ok(d),
+    }
+}
+
+fn validate_secret(raw: RawSecret) -> Result<Secrets, KeyError> {
+    let current = match (raw.value, raw.env, raw.file) {
+        (Some(value), None, None) => value,
+        (None, Some(var), None) => std::env::var(&var).map_err(|_| {
+            key_error(
+                "secret.env",
+                format!("environment variable `{var}` is not set or not UTF-8"),
+            )
+        })?,
+        (None, None, Some(file)) => std::fs::read_to_string(&file)
+            .map_err(|e| key_error("secret.file", format!("cannot read `{file}`: {e}")))?
+            .trim_end_matches(['\r', '\n'])
+            .to_owned(),
+        (None, None, None) => {
+            return Err(key_error(
+                "secret",
+                "set one of secret.value, secret.env or secret.file",
+            ));
+        }
+        _ => {
+            return Err(key_error(
+                "secret",
+                "set only one of secret.value, secret.env or secret.file",
+            ));
+        }
+    };
+    let current = secret_key("secret", current)?;
+    let previous = raw
+        .previous
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| secret_key(&format!("secret.previous[{i}]"), s))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Secrets { current, previous })
+}
+
+fn secret_key(key: &str, value: String) -> Result<SecretKey, KeyError> {
+    if value.len() < MIN_SECRET_BYTES {
+        return Err(key_error(
+            key,
+            format!(
+                "secret is {} bytes; at least {MIN_SECRET_BYTES} are required (try `openssl rand -base64 48`)",
+                value.len()
+            ),
+        ));
+    }
+    Ok(SecretKey::new(value.into_bytes()))
+}
+
+fn validate_cookie(raw: RawCookie) -> Result<CookieConfig, KeyError> {
+    let name = raw.name.unwrap_or_else(|| "sessionid".to_owned());
+    if name.is_empty() || !name.bytes().all(is_cookie_token_byte) {
+        return Err(key_error(
+            "cookie.name",
+            format!("`{name}` is not a cookie name (letters, digits and !#$%&'*+-.^_`|~ only)"),
+        ));
+    }
+    let path = raw.path.unwrap_or_else(|| "/".to_owned());
+    if !path.starts_with('/') || path.bytes().any(|b| b == b';' || b.is_ascii_control()) {
+        return Err(key_error(
+            "cookie.path",
+            format!("`{path}`: expected a path starting with / and without ';'"),
+        ));
+    }
+    let domain = raw.domain.filter(|d| !d.is_empty());
+    if let Some(d) = &domain {
+        if !d
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            return Err(key_error(
+                "cookie.domain",
+                format!("`{d}` is not a domain name"),
+            ));
+        }
+    }
+    let secure = raw.secure.unwrap_or(true);
+    let same_site = match raw
+        .same_site
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("lax") => SameSite::Lax,
+        Some("strict") => SameSite::Strict,
+        Some("none") => SameSite::None,
+        Some(other) => {
+            return Err(key_error(
+                "cookie.same_site",
+                format!("`{other}`: expected \"lax\", \"strict\" or \"none\""),
+            ));
+        }
+    };
+    if same_site == SameSite::None && !secure {
+        return Err(key_error(
+            "cookie.same_site",
+            "\"none\" requires cookie.secure = true (browsers drop such cookies otherwise)",
+        ));
+    }
+    // RFC 6265bis cookie prefixes: browsers silently drop cookies that break
+    // these rules, so catch them here where the message can say why.
+    if name.starts_with("__Secure-") && !secure {
+        return Err(key_error(
+            "cookie.name",
+            "a `__Secure-` cookie requires cookie.secure = true",
+        ));
+    }
+    if name.starts_with("__Host-") && (!secure || path != "/" || domain.is_some()) {
+        return Err(key_error(
+            "cookie.name",
+            "a `__Host-` cookie requires cookie.secure = true, cookie.path = \"/\" and no cookie.domain",
+        ));
+    }
+    Ok(CookieConfig {
+        name,
+        path,
+        domain,
+        secure,
+        http_only: raw.http_only.unwrap_or(true),
+        same_site,
+        max_age: raw.max_age.map(|d| d.0),
+        forward_to_upstream: raw.forward_to_upstream.unwrap_or(false),
+    })
+}
+
+/// RFC 6265 `token` characters.
+fn is_cookie_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn validate_session(raw: RawSession) -> Result<SessionConfig, KeyError> {
+    let create = match raw.create.as_deref() {
+        None | Some("eager") => CreateMode::Eager,
+        Some("lazy") => CreateMode::Lazy,
+        Some(other) => {
+            return Err(key_error(
+                "session.create",
+                format!("`{other}`: expected \"eager\" or \"lazy\""),
+            ));
+        }
+    };
+    let idle_timeout = positive(
+        "session.idle_timeout",
+        raw.idle_timeout,
+        Duration::from_secs(24 * 3600),
+    )?;
+    let absolute_timeout = positive(
+        "session.absolute_timeout",
+        raw.absolute_timeout,
+        Duration::from_secs(14 * 24 * 3600),
+    )?;
+    let max_bytes = raw.max_bytes.unwrap_or(4096);
+    if !(2..=MAX_SESSION_BYTES).contains(&max_bytes) {
+        return Err(key_error(
+            "session.max_bytes",
+            format!("{max_bytes}: expected 2 to {MAX_SESSION_BYTES}"),
+        ));
+    }
+    let max_sessions = raw.max_sessions.unwrap_or(1_000_000);
+    if max_sessions == 0 {
+        return Err(key_error("session.max_sessions", "must be at least 1"));
+    }
+    let max_operations = raw.max_operations.unwrap_or(256);
+    if max_operations == 0 {
+        return Err(key_error("session.max_operations", "must be at least 1"));
+    }
+    Ok(SessionConfig {
+        create,
+        idle_timeout,
+        absolute_timeout,
+        max_bytes,
+        max_sessions,
+        max_operations,
+    })
+}
+
+fn validate_store(raw: RawStore) -> Result<StoreConfig, KeyError> {
+    match raw.kind.as_deref().unwrap_or("memory") {
+        "memory" => Ok(StoreConfig::Memory),
+        other => Err(key_error(
+            "store.kind",
+            format!("`{other}`: expected \"memory\""),
+        )),
+    }
+}

@@ -1,0 +1,351 @@
+//! The session cookie: signing keys, the signed value, reading it from a
+//! request's `Cookie` headers, and the `Set-Cookie` builder.
+//!
+//! A cookie value is `<id>.<issued>.<mac>`: the session id (base64url), the
+//! time it was issued (Unix milliseconds, decimal) and an HMAC-SHA256 over
+//! both under the current secret (base64url). The issue time travels in the
+//! cookie so that an id's absolute lifetime is known even for sessions that
+//! were never stored (an empty session costs no storage).
+//!
+//! This module does not decide when a cookie is set; see `session::cookie_action`.
+
+use std::fmt;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, KeyInit, Mac};
+use http::HeaderMap;
+use http::header::{COOKIE, HeaderValue};
+use sha2::Sha256;
+
+use crate::config::CookieConfig;
+use crate::session::Id;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Domain separation: a MAC made for a cookie is never valid elsewhere.
+const CONTEXT: &[u8] = b"sessiongate cookie v1\0";
+/// Encoded length of a 32-byte MAC.
+const MAC_TEXT_LEN: usize = 43;
+/// Milliseconds since 1970 fit in 16 digits for the next 300 000 years.
+const MAX_ISSUED_DIGITS: usize = 16;
+
+/// A secret used to sign cookies. No `Debug`: it must never be printed.
+pub struct SecretKey {
+    /// The keyed MAC state, computed once; cloned per use.
+    mac: HmacSha256,
+}
+
+impl SecretKey {
+    pub fn new(bytes: Vec<u8>) -> SecretKey {
+        let mac = HmacSha256::new_from_slice(&bytes).expect("HMAC accepts keys of any length");
+        SecretKey { mac }
+    }
+
+    fn mac_for(&self, id_text: &str, issued: &str) -> HmacSha256 {
+        let mut mac = self.mac.clone();
+        mac.update(CONTEXT);
+        mac.update(id_text.as_bytes());
+        mac.update(b".");
+        mac.update(issued.as_bytes());
+        mac
+    }
+}
+
+/// Which secret a cookie was signed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignedWith {
+    Current,
+    /// A previous secret: the cookie is accepted and re-issued.
+    Previous,
+}
+
+/// What a verified cookie says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    pub id: Id,
+    /// When the id was issued, Unix milliseconds.
+    pub issued_ms: u64,
+    pub signed_with: SignedWith,
+}
+
+/// The signing and verifying half of the cookie.
+pub struct Signer {
+    current: SecretKey,
+    previous: Vec<SecretKey>,
+}
+
+impl Signer {
+    pub fn new(current: SecretKey, previous: Vec<SecretKey>) -> Signer {
+        Signer { current, previous }
+    }
+
+    /// The cookie value for `id` issued at `issued_ms`.
+    pub fn sign(&self, id: &Id, issued_ms: u64) -> String {
+        let id_text = id.to_string();
+        let issued = issued_ms.to_string();
+        let tag = self
+            .current
+            .mac_for(&id_text, &issued)
+            .finalize()
+            .into_bytes();
+        let mut value = String::with_capacity(id_text.len() + issued.len() + MAC_TEXT_LEN + 2);
+        value.push_str(&id_text);
+        value.push('.');
+        value.push_str(&issued);
+        value.push('.');
+        URL_SAFE_NO_PAD.encode_string(tag, &mut value);
+        value
+    }
+
+    /// Verifies a cookie value in constant time per key. Anything malformed
+    /// is `None`, never a panic: the value comes from the network.
+    pub fn verify(&self, value: &str) -> Option<Verified> {
+        let mut parts = value.split('.');
+        let (id_text, issued, tag_text) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some()
+            || issued.is_empty()
+            || issued.len() > MAX_ISSUED_DIGITS
+            || !issued.bytes().all(|b| b.is_ascii_digit())
+            || tag_text.len() != MAC_TEXT_LEN
+        {
+            return None;
+        }
+        let id = Id::parse(id_text)?;
+        let issued_ms = issued.parse().ok()?;
+        let mut tag = [0u8; 33];
+        let n = URL_SAFE_NO_PAD.decode_slice(tag_text, &mut tag).ok()?;
+        let tag = &tag[..n];
+        let signed_with = if self
+            .current
+            .mac_for(id_text, issued)
+            .verify_slice(tag)
+            .is_ok()
+        {
+            SignedWith::Current
+        } else if self
+            .previous
+            .iter()
+            .any(|key| key.mac_for(id_text, issued).verify_slice(tag).is_ok())
+        {
+            SignedWith::Previous
+        } else {
+            return None;
+        };
+        Some(Verified {
+            id,
+            issued_ms,
+            signed_with,
+        })
+    }
+}
+
+/// The `SameSite` cookie attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+/// The values of every cookie named `name` in the request, in order.
+/// Several may be present (a sibling subdomain's cookie, an old path).
+pub fn request_values<'a>(
+    headers: &'a HeaderMap,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(';'))
+        .filter_map(move |pair| {
+            let (n, v) = pair.split_once('=')?;
+            (n.trim() == name).then(|| unquote(v.trim()))
+        })
+}
+
+fn unquote(v: &str) -> &str {
+    v.strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(v)
+}
+
+/// Removes every cookie named `name` from the `Cookie` headers, leaving the
+/// others as they were; a header left empty is dropped.
+pub fn remove_from_request(headers: &mut HeaderMap, name: &str) {
+    if !request_values(headers, name).any(|_| true) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|h| {
+            let Ok(text) = h.to_str() else {
+                // Not text: it cannot hold our cookie in a form we read; keep it as is.
+                return Some(h.clone());
+            };
+            let pairs: Vec<&str> = text
+                .split(';')
+                .map(str::trim)
+                .filter(|p| !p.is_empty() && p.split('=').next().map(str::trim) != Some(name))
+                .collect();
+            (!pairs.is_empty()).then(|| {
+                HeaderValue::from_str(&pairs.join("; "))
+                    .expect("a subset of a valid header value is valid")
+            })
+        })
+        .collect();
+    headers.remove(COOKIE);
+    for value in kept {
+        headers.append(COOKIE, value);
+    }
+}
+
+/// The cookie name of a `Set-Cookie` header value, if it has one.
+pub fn set_cookie_name(value: &HeaderValue) -> Option<&str> {
+    let text = std::str::from_utf8(value.as_bytes()).ok()?;
+    let pair = text.split(';').next()?;
+    Some(pair.split_once('=')?.0.trim())
+}
+
+/// Builds the session's `Set-Cookie` header values from the config.
+#[derive(Debug, Clone)]
+pub struct CookieBuilder {
+    config: CookieConfig,
+}
+
+impl CookieBuilder {
+    pub fn new(config: CookieConfig) -> CookieBuilder {
+        CookieBuilder { config }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// `Set-Cookie` that gives the browser this value.
+    pub fn issue(&self, value: String) -> HeaderValue {
+        let mut cookie = self.base(value);
+        if let Some(max_age) = self.config.max_age {
+            cookie.set_max_age(to_time(max_age));
+        }
+        header_value(cookie)
+    }
+
+    /// `Set-Cookie` that makes the browser forget the session cookie.
+    pub fn expire(&self) -> HeaderValue {
+        let mut cookie = self.base(String::new());
+        cookie.make_removal();
+        header_value(cookie)
+    }
+
+    fn base(&self, value: String) -> ::cookie::Cookie<'static> {
+        let c = &self.config;
+        let mut cookie = ::cookie::Cookie::new(c.name.clone(), value);
+        cookie.set_path(c.path.clone());
+        if let Some(domain) = &c.domain {
+            cookie.set_domain(domain.clone());
+        }
+        cookie.set_secure(c.secure);
+        cookie.set_http_only(c.http_only);
+        cookie.set_same_site(match c.same_site {
+            SameSite::Strict => ::cookie::SameSite::Strict,
+            SameSite::Lax => ::cookie::SameSite::Lax,
+            SameSite::None => ::cookie::SameSite::None,
+        });
+        cookie
+    }
+}
+
+fn to_time(d: Duration) -> ::cookie::time::Duration {
+    ::cookie::time::Duration::seconds(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn header_value(cookie: ::cookie::Cookie<'_>) -> HeaderValue {
+    HeaderValue::try_from(cookie.to_string())
+        .expect("config validation admits only header-safe cookie names, paths and domains")
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signer {{ previous: {} }}", self.previous.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signer() -> Signer {
+        Signer::new(
+            SecretKey::new(b"0123456789abcdef0123456789abcdef".to_vec()),
+            vec![],
+        )
+    }
+
+    fn fixed_id() -> Id {
+        Id::from_bytes([7u8; 32])
+    }
+
+    #[test]
+    fn known_answer_vector() {
+        // Computed independently with Python:
+        // hmac.new(b"0123456789abcdef0123456789abcdef",
+        //          b"sessiongate cookie v1\0" + id + b".1700000000000", sha256)
+        let value = signer().sign(&fixed_id(), 1_700_000_000_000);
+        assert_eq!(
+            value,
+            "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc.1700000000000.KxkC--eJwjY_tYckF_go6JBraO2kiE-JjMVhahT89YU"
+        );
+    }
+
+    #[test]
+    fn signed_value_verifies_and_any_change_does_not() {
+        let s = signer();
+        let value = s.sign(&fixed_id(), 42);
+        let verified = s.verify(&value).unwrap();
+        assert_eq!((verified.id, verified.issued_ms), (fixed_id(), 42));
+        assert_eq!(verified.signed_with, SignedWith::Current);
+        for i in 0..value.len() {
+            let mut bytes = value.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            if let Ok(changed) = String::from_utf8(bytes) {
+                assert!(
+                    s.verify(&changed).is_none(),
+                    "accepted a change at byte {i}: {changed}"
+                );
+            }
+        }
+        assert!(s.verify(&format!("{value}.")).is_none());
+        assert!(s.verify("").is_none());
+        assert!(s.verify("..").is_none());
+    }
+
+    #[test]
+    fn previous_secret_verifies_as_previous() {
+        let old = signer();
+        let new = Signer::new(
+            SecretKey::new(b"another secret that is 32 bytes long!".to_vec()),
+            vec![SecretKey::new(b"0123456789abcdef0123456789abcdef".to_vec())],
+        );
+        let verified = new.verify(&old.sign(&fixed_id(), 1)).unwrap();
+        assert_eq!(verified.signed_with, SignedWith::Previous);
+    }
+
+    #[test]
+    fn request_values_finds_every_copy_and_removal_keeps_the_others() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            COOKIE,
+            HeaderValue::from_static("a=1; sessionid=x; b=\"2\""),
+        );
+        headers.append(COOKIE, HeaderValue::from_static("sessionid=\"y\""));
+        let values: Vec<_> = request_values(&headers, "sessionid").collect();
+        assert_eq!(values, ["x", "y"]);
+        remove_from_request(&mut headers, "sessionid");
+        let left: Vec<_> = headers.get_all(COOKIE).iter().collect();
+        assert_eq!(left, [HeaderValue::from_static("a=1; b=\"2\"")]);
+    }
+}

@@ -1,0 +1,345 @@
+//! The header protocol with the upstream (PROTOCOL.md sections 2 and 3):
+//! which headers are ours, stripping every inbound copy of them, injecting
+//! the session, and parsing the upstream's operations.
+//!
+//! "Ours" means the header name, lower-cased and with `_` read as `-`,
+//! equals the prefix or starts with the prefix and `-`.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::session::{Changes, Edit, Key};
+
+/// The configured header prefix (default `X-Session`) and the names built on it.
+#[derive(Debug, Clone)]
+pub struct HeaderPrefix {
+    /// Lower-case, with `-` for `_`.
+    normalized: String,
+    pub id: HeaderName,
+    pub new: HeaderName,
+    pub data: HeaderName,
+}
+
+impl Default for HeaderPrefix {
+    fn default() -> Self {
+        HeaderPrefix::new("X-Session").expect("the default prefix is valid")
+    }
+}
+
+impl HeaderPrefix {
+    pub fn new(prefix: &str) -> Result<HeaderPrefix, String> {
+        let valid = !prefix.is_empty()
+            && prefix.len() <= 64
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !prefix.ends_with(['-', '_']);
+        if !valid {
+            return Err(format!(
+                "`{prefix}`: expected letters, digits, '-' or '_', such as \"X-Session\""
+            ));
+        }
+        let normalized = prefix.to_ascii_lowercase().replace('_', "-");
+        let name = |suffix: &str| {
+            HeaderName::try_from(format!("{normalized}-{suffix}")).expect("validated above")
+        };
+        Ok(HeaderPrefix {
+            id: name("id"),
+            new: name("new"),
+            data: name("data"),
+            normalized,
+        })
+    }
+
+    /// Whether `name` is one of ours, whatever its case or `_`/`-` spelling.
+    pub fn matches(&self, name: &str) -> bool {
+        let p = self.normalized.as_bytes();
+        let n = name.as_bytes();
+        if n.len() < p.len() {
+            return false;
+        }
+        let same = n[..p.len()].iter().zip(p).all(|(&a, &b)| normalize(a) == b);
+        same && (n.len() == p.len() || matches!(n[p.len()], b'-' | b'_'))
+    }
+
+    /// The operation part of one of our names (`set` for `X-Session-Set`).
+    fn operation<'a>(&self, name: &'a str) -> Option<&'a str> {
+        name.get(self.normalized.len() + 1..)
+    }
+
+    /// Removes every header that is ours.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        // HeaderMap has no retain; collect names first (rarely any).
+        let ours: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| self.matches(n.as_str()))
+            .cloned()
+            .collect();
+        for name in ours {
+            headers.remove(&name);
+        }
+    }
+}
+
+fn normalize(b: u8) -> u8 {
+    match b {
+        b'_' => b'-',
+        _ => b.to_ascii_lowercase(),
+    }
+}
+
+/// Why an upstream response's operations were all refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("{count} operation headers, over session.max_operations = {limit}")]
+    TooMany { count: usize, limit: usize },
+    #[error("{header}: value is not UTF-8 text")]
+    NotText { header: &'static str },
+    #[error("{header}: expected KEY=JSON")]
+    MissingEquals { header: &'static str },
+    #[error("{header}: key is not 1-128 characters of A-Z a-z 0-9 _ . : -")]
+    BadKey { header: &'static str },
+    #[error("set: value of key `{key}` is not valid JSON")]
+    BadJson { key: String },
+    #[error("{header}: expected the value 1")]
+    NotOne { header: &'static str },
+}
+
+/// The upstream's operations, or why they were refused; `Ok` may be empty.
+pub type Parsed = Result<Changes, Malformed>;
+
+/// Removes every header of ours from an upstream response and parses the
+/// operations among them (all-or-nothing). Unknown names of ours are
+/// dropped without effect: an app that echoes request headers back must not
+/// break its own operations.
+pub fn take_operations(
+    prefix: &HeaderPrefix,
+    headers: &mut HeaderMap,
+    max_operations: usize,
+) -> Parsed {
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| prefix.matches(n.as_str()))
+        .cloned()
+        .collect();
+    let mut changes = Changes::default();
+    let mut count = 0usize;
+    let mut failure = None;
+    for name in ours {
+        let op = prefix
+            .operation(name.as_str())
+            .map(|op| op.replace('_', "-"))
+            .unwrap_or_default();
+        for value in headers.get_all(&name) {
+            if failure.is_some() {
+                break;
+            }
+            let handled = match op.as_str() {
+                "set" => parse_set(value).map(|edit| changes.edits.push(edit)),
+                "delete" => parse_delete(value).map(|edit| changes.edits.push(edit)),
+                "rotate" => expect_one("rotate", value).map(|()| changes.rotate = true),
+                "flush" => expect_one("flush", value).map(|()| changes.flush = true),
+                _ => continue,
+            };
+            count += 1;
+            if let Err(e) = handled {
+                failure = Some(e);
+            }
+        }
+        headers.remove(&name);
+    }
+    if count > max_operations {
+        return Err(Malformed::TooMany {
+            count,
+            limit: max_operations,
+        });
+    }
+    failure.map_or(Ok(changes), Err)
+}
+
+/// `KEY=JSON`; the JSON may be any value and may contain `=`.
+fn parse_set(value: &HeaderValue) -> Result<Edit, Malformed> {
+    let header = "set";
+    let text = std::str::from_utf8(value.as_bytes()).map_err(|_| Malformed::NotText { header })?;
+    let (key, json) = text
+        .split_once('=')
+        .ok_or(Malformed::MissingEquals { header })?;
+    let key = Key::parse(key).ok_or(Malformed::BadKey { header })?;
+    let json = serde_json::from_str(json).map_err(|_| Malformed::BadJson {
+        key: key.as_str().to_owned(),
+    })?;
+    Ok(Edit::Set(key, json))
+}
+
+fn parse_delete(value: &HeaderValue) -> Result<Edit, Malformed> {
+    let header = "delete";
+    let text = std::str::from_utf8(value.as_bytes()).map_err(|_| Malformed::NotText { header })?;
+    Key::parse(text)
+        .map(Edit::Delete)
+        .ok_or(Malformed::BadKey { header })
+}
+
+fn expect_one(header: &'static str, value: &HeaderValue) -> Result<(), Malformed> {
+    (value.as_bytes() == b"1")
+        .then_some(())
+        .ok_or(Malformed::NotOne { header })
+}
+
+/// Adds the session headers for the upstream. Call after [`HeaderPrefix::strip`].
+pub fn inject(
+    prefix: &HeaderPrefix,
+    headers: &mut HeaderMap,
+    id: HeaderValue,
+    new: bool,
+    data: HeaderValue,
+) {
+    headers.insert(prefix.id.clone(), id);
+    if new {
+        headers.insert(prefix.new.clone(), HeaderValue::from_static("1"));
+    }
+    headers.insert(prefix.data.clone(), data);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn p() -> HeaderPrefix {
+        HeaderPrefix::default()
+    }
+
+    #[test]
+    fn matching_ignores_case_and_underscores_but_not_lookalikes() {
+        for yes in [
+            "x-session",
+            "X-SESSION-ID",
+            "x_session_data",
+            "X_Session-New",
+            "x-session-anything",
+        ] {
+            assert!(p().matches(yes), "{yes}");
+        }
+        for no in [
+            "x-sessions",
+            "x-sessionid",
+            "x-sess",
+            "session",
+            "xx-session",
+            "",
+        ] {
+            assert!(!p().matches(no), "{no}");
+        }
+    }
+
+    fn headers(lines: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in lines {
+            h.append(
+                HeaderName::try_from(*n).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn operations_parse_in_order_and_are_all_removed() {
+        let mut h = headers(&[
+            ("x-session-set", "cart=[1,2]"),
+            ("x-session-set", "user={\"a\":\"=\"}"),
+            ("x-session-delete", "old"),
+            ("x_session_rotate", "1"),
+            ("x-session-unknown", "whatever"),
+            ("content-type", "text/plain"),
+        ]);
+        let changes = take_operations(&p(), &mut h, 10).unwrap();
+        assert!(changes.rotate && !changes.flush);
+        assert_eq!(changes.edits.len(), 3);
+        assert_eq!(
+            changes.edits[1],
+            Edit::Set(Key::parse("user").unwrap(), json!({"a": "="}))
+        );
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn one_bad_line_refuses_all() {
+        let cases: &[(&str, &str, Malformed)] = &[
+            (
+                "x-session-set",
+                "k=notjson",
+                Malformed::BadJson { key: "k".into() },
+            ),
+            (
+                "x-session-set",
+                "bad key=1",
+                Malformed::BadKey { header: "set" },
+            ),
+            (
+                "x-session-set",
+                "novalue",
+                Malformed::MissingEquals { header: "set" },
+            ),
+            (
+                "x-session-delete",
+                "a,b",
+                Malformed::BadKey { header: "delete" },
+            ),
+            (
+                "x-session-flush",
+                "true",
+                Malformed::NotOne { header: "flush" },
+            ),
+        ];
+        for (name, value, expected) in cases {
+            let mut h = headers(&[("x-session-set", "good=1"), (name, value)]);
+            assert_eq!(take_operations(&p(), &mut h, 10).as_ref(), Err(expected));
+            assert!(h.is_empty());
+        }
+    }
+
+    #[test]
+    fn too_many_operations_are_refused() {
+        let lines: Vec<(&str, &str)> = (0..11).map(|_| ("x-session-delete", "k")).collect();
+        let mut h = headers(&lines);
+        assert_eq!(
+            take_operations(&p(), &mut h, 10),
+            Err(Malformed::TooMany {
+                count: 11,
+                limit: 10
+            })
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics_and_accepts_only_valid_keys(
+            name in "(x-session-(set|delete|rotate|flush)|x_session_set)",
+            value in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let Ok(value) = HeaderValue::from_bytes(&value) else { return Ok(()) };
+            let mut h = HeaderMap::new();
+            h.append(HeaderName::try_from(name).unwrap(), value);
+            if let Ok(changes) = take_operations(&p(), &mut h, 10) {
+                for edit in &changes.edits {
+                    let key = match edit { Edit::Set(k, _) | Edit::Delete(k) => k };
+                    prop_assert!(Key::parse(key.as_str()).is_some());
+                }
+            }
+            prop_assert!(h.is_empty());
+        }
+
+        #[test]
+        fn valid_set_lines_are_accepted(key in "[A-Za-z0-9_.:-]{1,128}", n in any::<i64>(), s in ".*") {
+            let value = serde_json::to_string(&json!([n, s])).unwrap();
+            let header = HeaderValue::from_bytes(format!("{key}={value}").as_bytes());
+            prop_assume!(header.is_ok(), "DEL cannot be in a header value");
+            let header = header.unwrap();
+            let mut h = HeaderMap::new();
+            h.append("x-session-set", header);
+            let changes = take_operations(&p(), &mut h, 10).unwrap();
+            prop_assert_eq!(changes.edits, vec![Edit::Set(Key::parse(&key).unwrap(), json!([n, s]))]);
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Hop-by-hop headers (RFC 9110 section 7.6.1): meant for one connection,
+//! never forwarded. The fixed set plus every field the sender names in
+//! `Connection`, in both directions.
+
+use http::header::{self, HeaderMap, HeaderName};
+
+/// Always hop-by-hop, whether or not `Connection` names them.
+const FIXED: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Fields a peer cannot make hop-by-hop by naming them: the proxy needs them
+/// to route and frame the message (hyper re-frames the body itself).
+const PROTECTED: [HeaderName; 2] = [header::HOST, header::CONTENT_LENGTH];
+
+/// Removes the hop-by-hop headers from `headers`.
+pub fn strip(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter(|name| !PROTECTED.contains(name))
+        .collect();
+    for name in named.iter().chain(FIXED.iter()) {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn removes_fixed_and_named_fields_but_not_routing_ones() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "close, X-Private, host, Content-Length"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("x-private", "1"),
+            ("x-other", "1"),
+            ("host", "example.com"),
+            ("content-length", "0"),
+            ("accept", "*/*"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        strip(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["accept", "content-length", "host"]);
+    }
+}
