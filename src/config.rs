@@ -123,6 +123,13 @@ impl StoreConfig {
     }
 }
 
+/// The admin listener (health, readiness, metrics).
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// `None` when `listen = "off"`.
+    pub listen: Option<SocketAddr>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -143,6 +150,7 @@ pub struct Config {
     pub cookie: CookieConfig,
     pub session: SessionConfig,
     pub store: StoreConfig,
+    pub admin: AdminConfig,
     pub log_format: LogFormat,
 }
 

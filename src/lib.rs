@@ -20,8 +20,10 @@
 //! - *dead* id: expired, rotated away or flushed; never accepted again.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod cookie;
+pub mod metrics;
 pub mod protocol;
 pub mod proxy;
 pub mod server;

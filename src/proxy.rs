@@ -31,6 +31,7 @@ pub use error::Error;
 
 use crate::config::{Config, CreateMode, UpstreamConfig};
 use crate::cookie::{self, CookieBuilder, SignedWith, Signer};
+use crate::metrics::Metrics;
 use crate::protocol::{self, HeaderPrefix, Parsed};
 use crate::session::{self, CookieAction, CookieFacts, Id, Policy, now_ms};
 use crate::store::{ApplyError, Lookup, Outcome, Store, Target};
@@ -76,6 +77,7 @@ pub struct Proxy<S> {
     max_operations: usize,
     forward_cookie: bool,
     trusted_proxies: Vec<ipnet::IpNet>,
+    metrics: Metrics,
 }
 
 impl<S: Store> Proxy<S> {
@@ -104,11 +106,16 @@ impl<S: Store> Proxy<S> {
             max_operations: config.session.max_operations,
             forward_cookie: config.cookie.forward_to_upstream,
             trusted_proxies: config.trusted_proxies,
+            metrics: Metrics::new(),
         }
     }
 
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Serves one request; every failure becomes a short error response.
@@ -117,13 +124,18 @@ impl<S: Store> Proxy<S> {
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
         };
-        match self.proxy(req, peer, &label).await {
+        let rsp = match self.proxy(req, peer, &label).await {
             Ok(rsp) => rsp,
             Err(e) => {
                 warn!(method = %label.method, path = %label.path, status = e.status().as_u16(), error = %e, "request failed");
+                if let Error::Store(_) = e {
+                    self.metrics.store_errors.inc();
+                }
                 e.into_response()
             }
-        }
+        };
+        self.metrics.response(rsp.status());
+        rsp
     }
 
     async fn proxy(
@@ -158,7 +170,12 @@ impl<S: Store> Proxy<S> {
             if now >= self.policy.absolute_deadline(v.issued_ms) {
                 continue;
             }
-            let data = match self.store.load(&v.id).await? {
+            let started = std::time::Instant::now();
+            let lookup = self.store.load(&v.id).await;
+            self.metrics
+                .store_latency
+                .observe(started.elapsed().as_secs_f64());
+            let data = match lookup? {
                 Lookup::Live(data) => Some(data),
                 Lookup::Unknown => None,
                 Lookup::Dead => continue,
@@ -240,11 +257,16 @@ impl<S: Store> Proxy<S> {
 
     async fn send(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, Error> {
         let timeout = self.upstream.timeout;
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(timeout, self.client.request(req)).await {
             Err(_) => Err(Error::UpstreamTimeout(timeout)),
             Ok(Err(e)) => Err(Error::Upstream(e)),
             Ok(Ok(rsp)) => Ok(rsp),
-        }
+        };
+        self.metrics
+            .upstream_latency
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Applies the upstream's operations, then sets the cookie and cache headers.
@@ -271,6 +293,9 @@ impl<S: Store> Proxy<S> {
             changed: after.changed,
             flushed: after.flushed,
         });
+        if session.started && (matches!(action, CookieAction::Issue { .. }) || after.has_data) {
+            self.metrics.session_event("created", 1);
+        }
         let set_cookie = match action {
             CookieAction::Keep => None,
             CookieAction::Issue { id, issued_ms } => {
@@ -308,21 +333,35 @@ impl<S: Store> Proxy<S> {
             Ok(changes) => changes,
             Err(reason) => {
                 warn!(method = %label.method, path = %label.path, %reason, "upstream session operations rejected");
+                self.metrics.rejected("malformed");
                 return Ok(unchanged);
             }
         };
         if status.is_server_error() {
+            self.metrics.rejected("server_error");
             warn!(method = %label.method, path = %label.path, status = status.as_u16(),
                 "upstream session operations not applied: the response is a server error");
             return Ok(unchanged);
         }
-        match self.store.apply(&session.target, &changes).await {
-            Ok(Outcome::Applied { target, data }) => Ok(After {
-                target,
-                has_data: data.is_some(),
-                changed: true,
-                flushed: changes.flush,
-            }),
+        let started = std::time::Instant::now();
+        let applied = self.store.apply(&session.target, &changes).await;
+        self.metrics
+            .store_latency
+            .observe(started.elapsed().as_secs_f64());
+        match applied {
+            Ok(Outcome::Applied { target, data }) => {
+                if changes.flush {
+                    self.metrics.session_event("flushed", 1);
+                } else if changes.rotate {
+                    self.metrics.session_event("rotated", 1);
+                }
+                Ok(After {
+                    target,
+                    has_data: data.is_some(),
+                    changed: true,
+                    flushed: changes.flush,
+                })
+            }
             Ok(Outcome::Gone) => {
                 debug!(method = %label.method, path = %label.path, session = %session.target.id.short(),
                     "session ended by a parallel request; its operations were dropped");
@@ -335,6 +374,7 @@ impl<S: Store> Proxy<S> {
             }
             Err(ApplyError::Refused(reason)) => {
                 warn!(method = %label.method, path = %label.path, %reason, "upstream session operations rejected");
+                self.metrics.rejected("refused");
                 Ok(unchanged)
             }
             Err(ApplyError::Store(e)) => Err(Error::Store(e)),

@@ -28,16 +28,24 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// How long in-flight requests may run after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Binds `config.listen` and serves until `shutdown` completes.
+/// Binds `config.listen` (and the admin address) and serves until
+/// `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+    let listener = bind(config.listen, "listen", &config).await?;
+    serve(listener, config, shutdown).await
+}
+
+async fn bind(
+    addr: std::net::SocketAddr,
+    key: &str,
+    config: &Config,
+) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
         format!(
-            "cannot listen on {} (from `listen` in {})",
-            config.listen,
+            "cannot listen on {addr} (from `{key}` in {})",
             config.source.display()
         )
-    })?;
-    serve(listener, config, shutdown).await
+    })
 }
 
 /// Serves on an already bound listener (tests and benchmarks bind port 0).
@@ -46,23 +54,30 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let admin = match config.admin.listen {
+        Some(addr) => Some(bind(addr, "admin.listen", &config).await?),
+        None => None,
+    };
     let policy = Policy::from_config(&config.session);
     match config.store {
         StoreConfig::Memory => {
-            serve_with(listener, config, MemoryStore::new(policy), shutdown).await
+            serve_with(listener, admin, config, MemoryStore::new(policy), shutdown).await
         }
     }
 }
 
 async fn serve_with<S: Store>(
     listener: TcpListener,
+    admin: Option<TcpListener>,
     config: Config,
     store: S,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
     info!(
         addr = %addr,
+        admin = %admin_addr.map_or("off".to_owned(), |a| a.to_string()),
         upstream = %config.upstream.authority,
         store = config.store.kind(),
         create = ?config.session.create,
@@ -76,8 +91,12 @@ async fn serve_with<S: Store>(
         .clamp(Duration::from_millis(100), Duration::from_secs(30));
     let proxy = Arc::new(Proxy::new(config, store));
     let sweeper = tokio::spawn(sweep(proxy.clone(), sweep_every));
+    let admin = admin.map(|a| tokio::spawn(crate::admin::serve(a, proxy.clone())));
     let result = accept_loop(listener, proxy, shutdown).await;
     sweeper.abort();
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     result
 }
 
@@ -145,7 +164,10 @@ async fn sweep<S: Store>(proxy: Arc<Proxy<S>>, every: Duration) {
         ticker.tick().await;
         match proxy.store().sweep().await {
             Ok(0) => {}
-            Ok(n) => debug!(expired = n, "expired sessions swept"),
+            Ok(n) => {
+                proxy.metrics().session_event("expired", n as u64);
+                debug!(expired = n, "expired sessions swept");
+            }
             Err(e) => warn!(error = %e, "session sweep failed"),
         }
     }

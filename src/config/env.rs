@@ -54,6 +54,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("session", "max_sessions", Kind::Integer),
     ("session", "max_operations", Kind::Integer),
     ("store", "kind", Kind::Text),
+    ("admin", "listen", Kind::Text),
     ("log", "format", Kind::Text),
 ];
 

@@ -11,8 +11,8 @@ use http::Uri;
 use serde::Deserialize;
 
 use super::{
-    Config, CookieConfig, CreateMode, Error, LogFormat, MAX_SESSION_BYTES, MIN_SECRET_BYTES,
-    Secrets, SessionConfig, StoreConfig, UpstreamConfig,
+    AdminConfig, Config, CookieConfig, CreateMode, Error, LogFormat, MAX_SESSION_BYTES,
+    MIN_SECRET_BYTES, Secrets, SessionConfig, StoreConfig, UpstreamConfig,
 };
 use crate::cookie::{SameSite, SecretKey};
 use crate::protocol::HeaderPrefix;
@@ -63,6 +63,8 @@ pub struct RawConfig {
     session: RawSession,
     #[serde(default)]
     store: RawStore,
+    #[serde(default)]
+    admin: RawAdmin,
     #[serde(default)]
     log: RawLog,
 }
@@ -125,6 +127,12 @@ struct RawStore {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawLog {
     format: Option<String>,
 }
@@ -158,7 +166,7 @@ impl RawConfig {
     }
 
     fn build(self, source: &Path) -> Result<Config, KeyError> {
-        let listen = parse_listen(self.listen.as_deref().unwrap_or("127.0.0.1:8080"))?;
+        let listen = parse_address("listen", self.listen.as_deref().unwrap_or("127.0.0.1:8080"))?;
         let upstream = validate_upstream(self.upstream)?;
         let header_prefix = match self.header_prefix.as_deref() {
             None => HeaderPrefix::default(),
@@ -202,15 +210,24 @@ impl RawConfig {
             cookie: validate_cookie(self.cookie)?,
             session: validate_session(self.session)?,
             store: validate_store(self.store)?,
+            admin: validate_admin(self.admin)?,
             log_format,
         })
     }
 }
 
-fn parse_listen(text: &str) -> Result<SocketAddr, KeyError> {
+fn validate_admin(raw: RawAdmin) -> Result<AdminConfig, KeyError> {
+    let listen = match raw.listen.as_deref().unwrap_or("127.0.0.1:9090") {
+        "off" => None,
+        text => Some(parse_address("admin.listen", text)?),
+    };
+    Ok(AdminConfig { listen })
+}
+
+fn parse_address(key: &str, text: &str) -> Result<SocketAddr, KeyError> {
     text.parse().map_err(|_| {
         key_error(
-            "listen",
+            key,
             format!("`{text}` is not an address such as \"127.0.0.1:8080\" or \"[::]:8080\""),
         )
     })

@@ -1,0 +1,223 @@
+//! A recording upstream: a real hyper HTTP/1.1 server on 127.0.0.1:0, on its
+//! own thread and runtime, that records every request and answers as the
+//! test's handler says.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    /// Lower-case names, in the order received.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The session data the proxy injected, parsed.
+    pub fn session(&self) -> serde_json::Value {
+        serde_json::from_str(
+            self.header("x-session-data")
+                .expect("x-session-data injected"),
+        )
+        .expect("session data is JSON")
+    }
+
+    pub fn session_id(&self) -> &str {
+        self.header("x-session-id").expect("x-session-id injected")
+    }
+
+    pub fn is_new(&self) -> bool {
+        self.header("x-session-new") == Some("1")
+    }
+}
+
+/// What the upstream answers.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub delay: Option<Duration>,
+}
+
+impl Response {
+    pub fn ok() -> Response {
+        Response::status(200)
+    }
+
+    pub fn status(status: u16) -> Response {
+        Response {
+            status,
+            headers: vec![],
+            body: b"ok".to_vec(),
+            delay: None,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Response {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Response {
+        self.body = body.into();
+        self
+    }
+
+    pub fn delay(mut self, d: Duration) -> Response {
+        self.delay = Some(d);
+        self
+    }
+}
+
+pub type Handler = Arc<dyn Fn(&Recorded) -> Response + Send + Sync>;
+
+/// A running upstream; stops when dropped.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Upstream {
+    /// An upstream that answers every request with 200 "ok".
+    pub fn ok() -> Upstream {
+        Upstream::start(|_| Response::ok())
+    }
+
+    pub fn start(handler: impl Fn(&Recorded) -> Response + Send + Sync + 'static) -> Upstream {
+        let handler: Handler = Arc::new(handler);
+        let recorded = Arc::new(Mutex::new(Vec::new()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let sink = recorded.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                tokio::pin!(stopped);
+                loop {
+                    let (stream, _) = tokio::select! {
+                        r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+                        _ = &mut stopped => return,
+                    };
+                    let handler = handler.clone();
+                    let sink = sink.clone();
+                    tokio::spawn(async move {
+                        let service =
+                            service_fn(move |req| serve(req, handler.clone(), sink.clone()));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        Upstream {
+            addr,
+            recorded,
+            stop: Some(stop),
+        }
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.recorded.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.requests()
+            .pop()
+            .expect("the upstream received a request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.recorded.lock().unwrap().len()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn serve(
+    req: hyper::Request<hyper::body::Incoming>,
+    handler: Handler,
+    sink: Arc<Mutex<Vec<Recorded>>>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    let recorded = Recorded {
+        method: parts.method.to_string(),
+        target: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body,
+    };
+    let spec = handler(&recorded);
+    sink.lock().unwrap().push(recorded);
+    if let Some(d) = spec.delay {
+        tokio::time::sleep(d).await;
+    }
+    let mut rsp = hyper::Response::new(Full::new(Bytes::from(spec.body)));
+    *rsp.status_mut() = hyper::StatusCode::from_u16(spec.status).unwrap();
+    for (n, v) in spec.headers {
+        rsp.headers_mut().append(
+            hyper::header::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+            hyper::header::HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+        );
+    }
+    Ok(rsp)
+}
