@@ -4,7 +4,7 @@
 //! The proxy runs as a child process with a config written to a temp dir;
 //! its stderr (the log) is kept so tests can assert on log lines. Nothing
 //! here sleeps to synchronise: waiting is polling with a deadline.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod admin;
 pub mod client;
