@@ -90,8 +90,8 @@ fn normalize(b: u8) -> u8 {
 /// Why an upstream response's operations were all refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Malformed {
-    #[error("{count} operation headers, over session.max_operations = {limit}")]
-    TooMany { count: usize, limit: usize },
+    #[error("more than session.max_operations = {limit} operation headers")]
+    TooMany { limit: usize },
     #[error("{header}: value is not UTF-8 text")]
     NotText { header: &'static str },
     #[error("{header}: expected KEY=JSON")]
@@ -107,59 +107,64 @@ pub enum Malformed {
 /// The upstream's operations, or why they were refused; `Ok` may be empty.
 pub type Parsed = Result<Changes, Malformed>;
 
+/// Parses the operations among `lines` (name, value), in the order given,
+/// all-or-nothing. Names that are ours but not operations are ignored: an
+/// app that echoes request headers back must not break its own operations.
+pub fn parse_operations<'a>(
+    prefix: &HeaderPrefix,
+    lines: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    max_operations: usize,
+) -> Parsed {
+    let mut changes = Changes::default();
+    let mut count = 0usize;
+    for (name, value) in lines {
+        if !prefix.matches(name) {
+            continue;
+        }
+        let op = prefix
+            .operation(name)
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .replace('_', "-");
+        let parsed = match op.as_str() {
+            "set" => parse_set(value).map(|edit| changes.edits.push(edit)),
+            "delete" => parse_delete(value).map(|edit| changes.edits.push(edit)),
+            "rotate" => expect_one("rotate", value).map(|()| changes.rotate = true),
+            "flush" => expect_one("flush", value).map(|()| changes.flush = true),
+            _ => continue,
+        };
+        count += 1;
+        if count > max_operations {
+            return Err(Malformed::TooMany {
+                limit: max_operations,
+            });
+        }
+        parsed?;
+    }
+    Ok(changes)
+}
+
 /// Removes every header of ours from an upstream response and parses the
-/// operations among them (all-or-nothing). Unknown names of ours are
-/// dropped without effect: an app that echoes request headers back must not
-/// break its own operations.
+/// operations among them, in `HeaderMap` order (grouped by name). The proxy
+/// prefers [`parse_operations`] over the raw head, which keeps the order.
 pub fn take_operations(
     prefix: &HeaderPrefix,
     headers: &mut HeaderMap,
     max_operations: usize,
 ) -> Parsed {
-    let ours: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| prefix.matches(n.as_str()))
-        .cloned()
-        .collect();
-    let mut changes = Changes::default();
-    let mut count = 0usize;
-    let mut failure = None;
-    for name in ours {
-        let op = prefix
-            .operation(name.as_str())
-            .map(|op| op.replace('_', "-"))
-            .unwrap_or_default();
-        for value in headers.get_all(&name) {
-            if failure.is_some() {
-                break;
-            }
-            let handled = match op.as_str() {
-                "set" => parse_set(value).map(|edit| changes.edits.push(edit)),
-                "delete" => parse_delete(value).map(|edit| changes.edits.push(edit)),
-                "rotate" => expect_one("rotate", value).map(|()| changes.rotate = true),
-                "flush" => expect_one("flush", value).map(|()| changes.flush = true),
-                _ => continue,
-            };
-            count += 1;
-            if let Err(e) = handled {
-                failure = Some(e);
-            }
-        }
-        headers.remove(&name);
-    }
-    if count > max_operations {
-        return Err(Malformed::TooMany {
-            count,
-            limit: max_operations,
-        });
-    }
-    failure.map_or(Ok(changes), Err)
+    let parsed = parse_operations(
+        prefix,
+        headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+        max_operations,
+    );
+    prefix.strip(headers);
+    parsed
 }
 
 /// `KEY=JSON`; the JSON may be any value and may contain `=`.
-fn parse_set(value: &HeaderValue) -> Result<Edit, Malformed> {
+fn parse_set(value: &[u8]) -> Result<Edit, Malformed> {
     let header = "set";
-    let text = std::str::from_utf8(value.as_bytes()).map_err(|_| Malformed::NotText { header })?;
+    let text = std::str::from_utf8(value).map_err(|_| Malformed::NotText { header })?;
     let (key, json) = text
         .split_once('=')
         .ok_or(Malformed::MissingEquals { header })?;
@@ -170,16 +175,16 @@ fn parse_set(value: &HeaderValue) -> Result<Edit, Malformed> {
     Ok(Edit::Set(key, json))
 }
 
-fn parse_delete(value: &HeaderValue) -> Result<Edit, Malformed> {
+fn parse_delete(value: &[u8]) -> Result<Edit, Malformed> {
     let header = "delete";
-    let text = std::str::from_utf8(value.as_bytes()).map_err(|_| Malformed::NotText { header })?;
+    let text = std::str::from_utf8(value).map_err(|_| Malformed::NotText { header })?;
     Key::parse(text)
         .map(Edit::Delete)
         .ok_or(Malformed::BadKey { header })
 }
 
-fn expect_one(header: &'static str, value: &HeaderValue) -> Result<(), Malformed> {
-    (value.as_bytes() == b"1")
+fn expect_one(header: &'static str, value: &[u8]) -> Result<(), Malformed> {
+    (value == b"1")
         .then_some(())
         .ok_or(Malformed::NotOne { header })
 }

@@ -11,6 +11,7 @@ mod body;
 mod caching;
 mod error;
 mod forwarded;
+mod head_capture;
 mod hop;
 
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ use tracing::{debug, warn};
 pub use body::ResponseBody;
 use body::{Filtered, RequestBody};
 pub use error::Error;
+use head_capture::{CapturingConnector, HeadCapture};
 
 use crate::config::{Config, CreateMode, UpstreamConfig};
 use crate::cookie::{self, CookieBuilder, SignedWith, Signer};
@@ -67,7 +69,7 @@ struct Label {
 
 pub struct Proxy<S> {
     store: S,
-    client: Client<HttpConnector, RequestBody>,
+    client: Client<CapturingConnector, RequestBody>,
     upstream: UpstreamConfig,
     signer: Signer,
     cookies: CookieBuilder,
@@ -93,7 +95,7 @@ impl<S: Store> Proxy<S> {
             // An upstream may send many operation headers; refusing them is
             // our job (with a log line), not a parse error's (a 502).
             .http1_max_headers(8192)
-            .build(connector);
+            .build(CapturingConnector::new(connector));
         Proxy {
             store,
             client,
@@ -278,8 +280,8 @@ impl<S: Store> Proxy<S> {
     ) -> Result<Response<ResponseBody>, Error> {
         let (mut parts, body) = rsp.into_parts();
         hop::strip(&mut parts.headers);
-        let parsed =
-            protocol::take_operations(&self.prefix, &mut parts.headers, self.max_operations);
+        let capture = parts.extensions.get::<HeadCapture>().cloned();
+        let parsed = self.take_operations(&mut parts.headers, capture);
         self.remove_session_set_cookies(&mut parts.headers);
         let after = self.apply(parsed, parts.status, &session, label).await?;
         let action = session::cookie_action(CookieFacts {
@@ -378,6 +380,27 @@ impl<S: Store> Proxy<S> {
                 Ok(unchanged)
             }
             Err(ApplyError::Store(e)) => Err(Error::Store(e)),
+        }
+    }
+
+    /// Removes our headers from the response and parses the operations among
+    /// them, in the order the upstream sent them when the raw head is known.
+    fn take_operations(
+        &self,
+        headers: &mut http::HeaderMap,
+        capture: Option<HeadCapture>,
+    ) -> Parsed {
+        if !headers.keys().any(|n| self.prefix.matches(n.as_str())) {
+            return Ok(Default::default());
+        }
+        match capture.as_ref().and_then(HeadCapture::lines) {
+            Some(lines) => {
+                let ordered = lines.iter().map(|(n, v)| (n.as_str(), v.as_slice()));
+                let parsed = protocol::parse_operations(&self.prefix, ordered, self.max_operations);
+                self.prefix.strip(headers);
+                parsed
+            }
+            None => protocol::take_operations(&self.prefix, headers, self.max_operations),
         }
     }
 

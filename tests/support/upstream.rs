@@ -221,3 +221,83 @@ async fn serve(
     }
     Ok(rsp)
 }
+
+/// An upstream that writes the handler's bytes verbatim as the response, so
+/// tests control header order, framing and malformed responses. Requests are
+/// read with `Content-Length` framing only; keep-alive until the client closes.
+pub fn raw(handler: impl Fn(&Recorded) -> Vec<u8> + Send + Sync + 'static) -> Upstream {
+    use std::io::{Read, Write};
+    let handler = Arc::new(handler);
+    let recorded = Arc::new(Mutex::new(Vec::new()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sink = recorded.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let handler = handler.clone();
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(recorded) = read_request(&mut stream, &mut buf) else {
+                        return;
+                    };
+                    let bytes = handler(&recorded);
+                    sink.lock().unwrap().push(recorded);
+                    if stream.write_all(&bytes).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    fn read_request(stream: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> Option<Recorded> {
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some((end, mut recorded)) = parse_head(buf) {
+                let len = recorded
+                    .header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < end + len {
+                    let n = stream.read(&mut chunk).ok().filter(|&n| n > 0)?;
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                recorded.body = buf[end..end + len].to_vec();
+                buf.drain(..end + len);
+                return Some(recorded);
+            }
+            let n = stream.read(&mut chunk).ok().filter(|&n| n > 0)?;
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+    fn parse_head(buf: &[u8]) -> Option<(usize, Recorded)> {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut headers);
+        let httparse::Status::Complete(end) = req.parse(buf).ok()? else {
+            return None;
+        };
+        let recorded = Recorded {
+            method: req.method.unwrap_or("").to_owned(),
+            target: req.path.unwrap_or("").to_owned(),
+            headers: req
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect(),
+            body: vec![],
+        };
+        Some((end, recorded))
+    }
+    Upstream {
+        addr,
+        recorded,
+        stop: None,
+    }
+}

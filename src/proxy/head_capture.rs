@@ -1,0 +1,258 @@
+//! Capturing the upstream's raw response head, to read operation lines in
+//! the order they were sent.
+//!
+//! The protocol applies `X-Session-Delete` and `X-Session-Set` lines in the
+//! order received, but hyper's `HeaderMap` groups values by name and loses
+//! the order across names (`Set a`, `Delete a`, `Set a` arrives as two Sets
+//! and one Delete). hyper exposes the original order only behind its
+//! unstable FFI feature, so this connector keeps a copy of each response
+//! head as it is read, and the proxy re-reads the operation lines from it.
+//!
+//! The client never pipelines: on a connection, a request is written, then
+//! its response head is read. So the capture restarts on the first write
+//! after reading, and ends at the first final (non-1xx) head's blank line;
+//! body bytes are never kept.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Largest head kept; hyper refuses larger ones anyway (its buffer limit).
+const MAX_HEAD: usize = 512 * 1024;
+
+#[derive(Default)]
+enum State {
+    /// A request is being written; the next bytes read start a head.
+    #[default]
+    Writing,
+    /// Reading a head into `buf`.
+    Reading,
+    /// The final head was captured (or was too large); ignore the body.
+    Done,
+}
+
+#[derive(Default)]
+struct Capture {
+    state: State,
+    buf: Vec<u8>,
+    /// The last final response head read on this connection.
+    head: Option<Vec<u8>>,
+}
+
+impl Capture {
+    fn wrote(&mut self) {
+        if !matches!(self.state, State::Writing) {
+            self.state = State::Writing;
+            self.buf.clear();
+            self.head = None;
+        }
+    }
+
+    fn read(&mut self, bytes: &[u8]) {
+        if matches!(self.state, State::Done) || bytes.is_empty() {
+            return;
+        }
+        self.state = State::Reading;
+        self.buf.extend_from_slice(bytes);
+        // A 1xx head may come before the final one, in the same read or not.
+        while let Some(end) = find_blank_line(&self.buf) {
+            let head: Vec<u8> = self.buf.drain(..end).collect();
+            if !is_interim(&head) {
+                self.head = Some(head);
+                self.state = State::Done;
+                self.buf = Vec::new();
+                return;
+            }
+        }
+        if self.buf.len() > MAX_HEAD {
+            self.state = State::Done;
+            self.buf = Vec::new();
+        }
+    }
+}
+
+/// End of a head (index just past its `\r\n\r\n`).
+fn find_blank_line(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// `HTTP/1.1 1xx` other than 101 (which ends the exchange like a final one).
+fn is_interim(head: &[u8]) -> bool {
+    head.len() > 12 && head[9] == b'1' && &head[9..12] != b"101"
+}
+
+/// The capture of one connection, attached to each response read on it.
+#[derive(Clone, Default)]
+pub struct HeadCapture(Arc<Mutex<Capture>>);
+
+impl HeadCapture {
+    fn with<R>(&self, f: impl FnOnce(&mut Capture) -> R) -> R {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The header lines of the response head just read, in order. `None` if
+    /// the head was not captured (then the caller falls back to `HeaderMap`).
+    pub fn lines(&self) -> Option<Vec<(String, Vec<u8>)>> {
+        let head = self.with(|c| c.head.clone())?;
+        let count = head.windows(2).filter(|w| w == b"\r\n").count();
+        let mut headers = vec![httparse::EMPTY_HEADER; count];
+        let mut rsp = httparse::Response::new(&mut headers);
+        match rsp.parse(&head) {
+            Ok(httparse::Status::Complete(_)) => Some(
+                rsp.headers
+                    .iter()
+                    .map(|h| (h.name.to_ascii_lowercase(), h.value.trim_ascii().to_vec()))
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// A TCP stream that feeds what it reads into its connection's capture.
+pub struct CapturingStream {
+    inner: TcpStream,
+    capture: HeadCapture,
+}
+
+impl AsyncRead for CapturingStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let new = &buf.filled()[before..];
+            self.capture.with(|c| c.read(new));
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for CapturingStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.capture.with(Capture::wrote);
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.capture.with(Capture::wrote);
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Connection for CapturingStream {
+    fn connected(&self) -> Connected {
+        self.inner.connected().extra(self.capture.clone())
+    }
+}
+
+/// hyper-util's `HttpConnector`, handing out capturing streams.
+#[derive(Clone)]
+pub struct CapturingConnector {
+    inner: HttpConnector,
+}
+
+impl CapturingConnector {
+    pub fn new(inner: HttpConnector) -> Self {
+        CapturingConnector { inner }
+    }
+}
+
+type Connecting = Pin<
+    Box<
+        dyn Future<
+                Output = Result<TokioIo<CapturingStream>, Box<dyn std::error::Error + Send + Sync>>,
+            > + Send,
+    >,
+>;
+
+impl tower_service::Service<Uri> for CapturingConnector {
+    type Response = TokioIo<CapturingStream>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        Box::pin(async move {
+            let tcp = connecting.await?.into_inner();
+            Ok(TokioIo::new(CapturingStream {
+                inner: tcp,
+                capture: HeadCapture::default(),
+            }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_final_head_after_interim_ones_and_restarts_on_write() {
+        let capture = HeadCapture::default();
+        capture.with(|c| {
+            c.wrote();
+            c.read(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Session-Set: a=1\r\n");
+            c.read(b"x-session-delete: a\r\nX-Session-Set: a=2\r\n\r\nbody bytes");
+        });
+        let lines = capture.lines().unwrap();
+        let names: Vec<_> = lines
+            .iter()
+            .map(|(n, v)| format!("{n}:{}", String::from_utf8_lossy(v)))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "x-session-set:a=1",
+                "x-session-delete:a",
+                "x-session-set:a=2"
+            ]
+        );
+        capture.with(|c| c.read(b"HTTP/1.1 200 OK\r\nX-Session-Set: body=1\r\n\r\n"));
+        assert_eq!(
+            capture.lines().unwrap().len(),
+            3,
+            "body bytes are never taken for a head"
+        );
+        capture.with(|c| {
+            c.wrote();
+            c.read(b"HTTP/1.1 204 No Content\r\n\r\n");
+        });
+        assert!(capture.lines().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,144 @@
+//! PROTOCOL.md section 2: what the upstream receives.
+
+mod support;
+
+use support::client::{Conn, request};
+use support::{COOKIE, Proxy, Upstream, config};
+
+#[test]
+fn spoofed_session_headers_never_reach_the_upstream_in_any_spelling() {
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(up.addr, ""));
+    let spoofs = [
+        ("X-Session-Id", "attacker"),
+        ("x-session-data", "{\"admin\":true}"),
+        ("X-SESSION-NEW", "0"),
+        ("X_Session_Data", "{\"admin\":true}"),
+        ("x_session-id", "attacker"),
+        ("X-Session-User", "root"),
+        ("X-Session", "x"),
+        ("X-Session-Set", "admin=true"),
+    ];
+    let mut conn = Conn::open(proxy.addr);
+    let reply = conn.exchange("GET", &request("GET", "/", &spoofs, b""));
+    assert_eq!(reply.status, 200);
+    let seen = up.last();
+    let ours: Vec<_> = seen
+        .headers
+        .iter()
+        .filter(|(n, _)| n.replace('_', "-").starts_with("x-session"))
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(ours.len(), 3, "only the injected headers arrive: {ours:?}");
+    assert_ne!(seen.session_id(), "attacker");
+    assert!(seen.is_new());
+    assert_eq!(seen.header("x-session-data"), Some("{}"));
+}
+
+#[test]
+fn headers_named_in_connection_are_removed_but_injected_ones_still_arrive() {
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(up.addr, ""));
+    let headers = [
+        ("Connection", "keep-alive, X-Private, X-Session-Data"),
+        ("X-Private", "secret"),
+        ("Keep-Alive", "timeout=5"),
+        ("TE", "trailers"),
+        ("X-Kept", "1"),
+    ];
+    Conn::open(proxy.addr).exchange("GET", &request("GET", "/", &headers, b""));
+    let seen = up.last();
+    for gone in ["x-private", "keep-alive", "te"] {
+        assert_eq!(seen.header(gone), None, "{gone} was forwarded");
+    }
+    assert_eq!(seen.header("x-kept"), Some("1"));
+    assert_eq!(seen.header("x-session-data"), Some("{}"));
+    assert!(seen.header("x-session-id").is_some());
+}
+
+#[test]
+fn the_session_cookie_is_removed_upstream_and_other_cookies_pass_unchanged() {
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(up.addr, ""));
+    let value = proxy.browser().get("/").session_cookie_value().unwrap();
+    let cookie = format!("theme=dark; {COOKIE}={value}; csrftoken=\"abc=\"");
+    Conn::open(proxy.addr).exchange("GET", &request("GET", "/", &[("Cookie", &cookie)], b""));
+    assert_eq!(up.last().all("cookie"), ["theme=dark; csrftoken=\"abc=\""]);
+    // A Cookie header holding only the session cookie disappears.
+    Conn::open(proxy.addr).exchange(
+        "GET",
+        &request("GET", "/", &[("Cookie", &format!("{COOKIE}={value}"))], b""),
+    );
+    assert!(up.last().all("cookie").is_empty());
+}
+
+#[test]
+fn the_session_cookie_can_be_forwarded_when_configured() {
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(
+        up.addr,
+        "[cookie]\nsecure = false\nforward_to_upstream = true\n",
+    ));
+    let value = proxy.browser().get("/").session_cookie_value().unwrap();
+    let cookie = format!("{COOKIE}={value}");
+    Conn::open(proxy.addr).exchange("GET", &request("GET", "/", &[("Cookie", &cookie)], b""));
+    assert_eq!(up.last().header("cookie"), Some(cookie.as_str()));
+}
+
+#[test]
+fn forwarding_headers_are_set_and_client_values_are_not_trusted_by_default() {
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(up.addr, ""));
+    let spoof = [
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "evil.example"),
+        ("X-Real-IP", "6.6.6.6"),
+        ("Forwarded", "for=6.6.6.6"),
+    ];
+    Conn::open(proxy.addr).exchange("GET", &request("GET", "/p?q=1", &spoof, b""));
+    let seen = up.last();
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("localhost"));
+    assert_eq!(seen.header("x-real-ip"), None);
+    assert_eq!(seen.header("forwarded"), None);
+    assert_eq!(
+        seen.header("host"),
+        Some("localhost"),
+        "the original Host is forwarded"
+    );
+    assert_eq!(seen.target, "/p?q=1");
+}
+
+#[test]
+fn forwarding_headers_from_a_trusted_proxy_are_kept_and_extended() {
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(up.addr, "trusted_proxies = [\"127.0.0.0/8\"]\n"));
+    let via_lb = [
+        ("X-Forwarded-For", "203.0.113.7"),
+        ("X-Forwarded-Proto", "https"),
+    ];
+    Conn::open(proxy.addr).exchange("GET", &request("GET", "/", &via_lb, b""));
+    let seen = up.last();
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("203.0.113.7, 127.0.0.1")
+    );
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+}
+
+#[test]
+fn request_bodies_stream_through_unchanged() {
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(up.addr, ""));
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let reply = Conn::open(proxy.addr).exchange("POST", &request("POST", "/upload", &[], &body));
+    assert_eq!(reply.status, 200);
+    assert_eq!(up.last().body, body);
+    // Chunked request bodies too.
+    let mut conn = Conn::open(proxy.addr);
+    conn.send(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    assert_eq!(conn.read("POST").unwrap().status, 200);
+    assert_eq!(up.last().body, b"hello world");
+}
