@@ -310,10 +310,7 @@ mod tests {
         let mut h = headers(&lines);
         assert_eq!(
             take_operations(&p(), &mut h, 10),
-            Err(Malformed::TooMany {
-                count: 11,
-                limit: 10
-            })
+            Err(Malformed::TooMany { limit: 10 })
         );
     }
 
