@@ -13,6 +13,9 @@ pub const ENV_PREFIX: &str = "SESSIONGATE_";
 /// Variables with the prefix that are not config keys.
 const RESERVED: &[&str] = &["SESSIONGATE_CONFIG"];
 
+/// The mutually exclusive ways to give the secret.
+const SECRET_SOURCES: [&str; 3] = ["value", "env", "file"];
+
 /// How a variable's text becomes a TOML value.
 #[derive(Clone, Copy)]
 enum Kind {
@@ -146,8 +149,12 @@ fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
         expanded.insert("url".to_owned(), toml::Value::String(std::mem::take(url)));
         *entry = toml::Value::Table(expanded);
     }
-    if let toml::Value::Table(section) = entry {
-        section.insert(key.to_owned(), value);
+    if let toml::Value::Table(table) = entry {
+        // A secret from the environment replaces the file's source of it.
+        if section == "secret" && SECRET_SOURCES.contains(&key) {
+            table.retain(|k, _| !SECRET_SOURCES.contains(&k));
+        }
+        table.insert(key.to_owned(), value);
     }
 }
 
@@ -205,6 +212,16 @@ mod tests {
         assert_eq!(config.upstream.timeout.as_secs(), 3);
         assert!(!config.cookie.secure);
         assert_eq!(config.session.max_bytes, 100);
+    }
+
+    #[test]
+    fn a_secret_from_the_environment_replaces_the_files_secret_source() {
+        let text = "upstream = \"http://127.0.0.1:3000\"\n[secret]\nenv = \"UNSET_VARIABLE_XYZ\"\n";
+        let vars = [(
+            "SESSIONGATE_SECRET_VALUE".to_owned(),
+            "0123456789abcdef0123456789abcdef".to_owned(),
+        )];
+        assert!(Config::parse(Path::new("t.toml"), text, vars).is_ok());
     }
 
     #[test]

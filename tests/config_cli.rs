@@ -1,0 +1,131 @@
+//! `sessiongate check` and start-up with broken configs: clear messages that
+//! name the key and what is accepted, exit status 64, nothing bound.
+
+mod support;
+
+use support::{SECRET, check};
+
+const GOOD: &str = r#"
+listen = "127.0.0.1:0"
+upstream = "http://127.0.0.1:3000"
+[secret]
+value = "test-secret-0123456789abcdef-0123456789"
+"#;
+
+#[test]
+fn a_valid_config_passes_check() {
+    let (code, err) = check(GOOD, &[]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn the_shipped_example_configs_pass_check() {
+    for file in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
+        let path = file.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let (code, err) = support::check_file(&path, &[("SESSIONGATE_SECRET_VALUE", SECRET)]);
+            assert_eq!(code, 0, "{}: {err}", path.display());
+        }
+    }
+}
+
+fn assert_refused(text: &str, env: &[(&str, &str)], expect: &[&str]) {
+    let (code, err) = check(text, env);
+    assert_eq!(code, 64, "accepted: {text}");
+    for part in expect {
+        assert!(err.contains(part), "message {err:?} lacks {part:?}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_errors_naming_the_key() {
+    assert_refused(
+        &format!("{GOOD}\n[cookie]\nnmae = \"x\"\n"),
+        &[],
+        &["cookie.nmae", "unknown field", "`name`"],
+    );
+    assert_refused(&format!("lisen = \"x\"\n{GOOD}"), &[], &["lisen"]);
+}
+
+#[test]
+fn short_secrets_are_refused_at_start_up() {
+    let text = GOOD.replace("test-secret-0123456789abcdef-0123456789", "too-short");
+    assert_refused(&text, &[], &["secret", "at least 32"]);
+}
+
+#[test]
+fn bad_values_name_the_key_and_what_is_accepted() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "[session]\nidle_timeout = \"soon\"\n",
+            &["session.idle_timeout", "90s"],
+        ),
+        (
+            "[session]\ncreate = \"sometimes\"\n",
+            &["session.create", "eager", "lazy"],
+        ),
+        ("[session]\nmax_bytes = 0\n", &["session.max_bytes"]),
+        (
+            "[cookie]\nsame_site = \"loose\"\n",
+            &["cookie.same_site", "strict"],
+        ),
+        (
+            "[cookie]\nname = \"__Host-x\"\nsecure = false\n",
+            &["cookie.name", "__Host-"],
+        ),
+        ("[store]\nkind = \"floppy\"\n", &["store.kind", "memory"]),
+        ("[log]\nformat = \"xml\"\n", &["log.format", "json"]),
+        ("[admin]\nlisten = \"nowhere\"\n", &["admin.listen"]),
+    ];
+    for (extra, expect) in cases {
+        assert_refused(&format!("{GOOD}\n{extra}"), &[], expect);
+    }
+    assert_refused(
+        &GOOD.replace("http://127.0.0.1:3000", "ftp://x"),
+        &[],
+        &["upstream.url", "http://"],
+    );
+    assert_refused(&GOOD.replace("127.0.0.1:0", "localhost"), &[], &["listen"]);
+}
+
+#[test]
+fn syntax_errors_name_the_file_and_line() {
+    let (code, err) = check(&format!("{GOOD}\n[cookie\n"), &[]);
+    assert_eq!(code, 64);
+    assert!(err.contains("c.toml") && err.contains("line"), "{err}");
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let (code, err) =
+        support::check_file(std::path::Path::new("/nonexistent/sessiongate.toml"), &[]);
+    assert_eq!(code, 64);
+    assert!(err.contains("/nonexistent/sessiongate.toml"), "{err}");
+}
+
+#[test]
+fn environment_variables_override_the_file_and_are_validated() {
+    let without_secret = "upstream = \"http://127.0.0.1:3000\"\n";
+    let (code, err) = check(without_secret, &[("SESSIONGATE_SECRET_VALUE", SECRET)]);
+    assert_eq!(code, 0, "{err}");
+    assert_refused(
+        GOOD,
+        &[("SESSIONGATE_SESSION_CREATE", "never")],
+        &["session.create"],
+    );
+    assert_refused(
+        GOOD,
+        &[("SESSIONGATE_COOKIE_NMAE", "x")],
+        &["SESSIONGATE_COOKIE_NMAE"],
+    );
+}
+
+#[test]
+fn the_proxy_refuses_to_start_on_a_bad_config_with_status_64() {
+    let out = std::process::Command::new(support::binary())
+        .args(["--config", "/nonexistent.toml"])
+        .env_remove("SESSIONGATE_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}

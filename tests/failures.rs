@@ -1,0 +1,112 @@
+//! PROTOCOL.md section 4: failures get clear answers and the proxy keeps serving.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::client::{Conn, request};
+use support::{Proxy, Response, Upstream, config};
+
+/// An address where nothing listens.
+fn dead_address() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn assert_plain_short(reply: &support::Reply) {
+    assert!(
+        reply
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain")),
+        "{:?}",
+        reply.headers
+    );
+    assert!(reply.body.len() < 100, "short body: {}", reply.text());
+}
+
+#[test]
+fn an_unreachable_upstream_is_a_502_with_a_short_plain_body_and_the_proxy_keeps_serving() {
+    let proxy = Proxy::start(&config(dead_address(), ""));
+    for _ in 0..3 {
+        let reply = proxy.browser().get("/");
+        assert_eq!(reply.status, 502);
+        assert_plain_short(&reply);
+    }
+    proxy.wait_for_log(&["WARN", "status=502", "upstream unreachable"]);
+}
+
+#[test]
+fn a_slow_upstream_is_a_504_after_the_configured_timeout() {
+    let up = Upstream::start(|r| {
+        if r.target == "/slow" {
+            Response::ok().delay(Duration::from_secs(5))
+        } else {
+            Response::ok()
+        }
+    });
+    let line = format!("upstream = \"http://{}\"", up.addr);
+    let table = format!(
+        "[upstream]\nurl = \"http://{}\"\ntimeout = \"500ms\"",
+        up.addr
+    );
+    let text = config(up.addr, "").replace(&line, &table);
+    let proxy = Proxy::start(&text);
+    let started = Instant::now();
+    let reply = proxy.browser().get("/slow");
+    assert_eq!(reply.status, 504);
+    assert_plain_short(&reply);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        proxy.browser().get("/fast").status,
+        200,
+        "the proxy keeps serving"
+    );
+}
+
+#[test]
+fn a_malformed_request_is_a_400_and_others_are_still_served() {
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(up.addr, ""));
+    for bad in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"[..],
+        b"NOT A REQUEST\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    ] {
+        let mut conn = Conn::open(proxy.addr);
+        conn.send(bad);
+        let reply = conn.read("GET").expect("an answer");
+        assert_eq!(reply.status, 400, "{}", String::from_utf8_lossy(bad));
+    }
+    assert_eq!(up.count(), 0, "nothing malformed reached the upstream");
+    assert_eq!(proxy.browser().get("/").status, 200);
+}
+
+#[test]
+fn an_oversized_request_head_is_a_431() {
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(up.addr, ""));
+    let big = "a".repeat(100 * 1024);
+    let mut conn = Conn::open(proxy.addr);
+    conn.send(&request("GET", "/", &[("X-Big", &big)], b""));
+    let reply = conn.read("GET").expect("an answer");
+    assert_eq!(reply.status, 431);
+    assert_eq!(up.count(), 0);
+    assert_eq!(proxy.browser().get("/").status, 200);
+}
+
+#[test]
+fn connect_requests_are_refused() {
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(up.addr, ""));
+    let mut conn = Conn::open(proxy.addr);
+    let reply = conn.exchange(
+        "CONNECT",
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    );
+    assert_eq!(reply.status, 405);
+    assert_eq!(up.count(), 0);
+}
