@@ -1,0 +1,275 @@
+//! The store conformance suite: every store runs exactly these tests,
+//! generated once by `conformance!` with a constructor per store.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sessiongate::session::{Changes, Edit, Id, Key, Policy, now_ms};
+use sessiongate::store::{ApplyError, Error, Lookup, Outcome, Store, Target};
+
+fn policy() -> Policy {
+    Policy {
+        idle_ms: 60_000,
+        absolute_ms: 3_600_000,
+        max_bytes: 4096,
+        max_sessions: 10_000,
+    }
+}
+
+fn target() -> Target {
+    Target {
+        id: Id::random(),
+        issued_ms: now_ms(),
+    }
+}
+
+fn set(key: &str, value: Value) -> Changes {
+    Changes {
+        edits: vec![Edit::Set(Key::parse(key).unwrap(), value)],
+        ..Changes::default()
+    }
+}
+
+fn delete(key: &str) -> Changes {
+    Changes {
+        edits: vec![Edit::Delete(Key::parse(key).unwrap())],
+        ..Changes::default()
+    }
+}
+
+fn rotate() -> Changes {
+    Changes {
+        rotate: true,
+        ..Changes::default()
+    }
+}
+
+fn flush() -> Changes {
+    Changes {
+        flush: true,
+        ..Changes::default()
+    }
+}
+
+async fn data<S: Store>(store: &S, id: &Id) -> Option<Value> {
+    match store.load(id).await.unwrap() {
+        Lookup::Live(v) => Some(serde_json::from_slice(v.as_bytes()).unwrap()),
+        _ => None,
+    }
+}
+
+/// Applies and expects success; returns the session's target afterwards.
+async fn apply<S: Store>(store: &S, t: &Target, c: &Changes) -> Target {
+    match store.apply(t, c).await {
+        Ok(Outcome::Applied { target, .. }) => target,
+        other => panic!("apply failed: {other:?}"),
+    }
+}
+
+pub async fn unknown_ids_are_unknown<S: Store>(store: S) {
+    assert_eq!(store.load(&Id::random()).await.unwrap(), Lookup::Unknown);
+    assert_eq!(store.count().await.unwrap(), 0);
+    store.check().await.unwrap();
+}
+
+pub async fn set_then_load_returns_the_data<S: Store>(store: S) {
+    let t = target();
+    let after = apply(&store, &t, &set("user", json!({"name": "ä"}))).await;
+    assert_eq!(after, t, "a plain set keeps the id");
+    assert_eq!(data(&store, &t.id).await, Some(json!({"user": {"name": "ä"}})));
+    let raw = match store.load(&t.id).await.unwrap() {
+        Lookup::Live(v) => v,
+        other => panic!("{other:?}"),
+    };
+    assert!(raw.as_bytes().is_ascii());
+    assert_eq!(store.count().await.unwrap(), 1);
+}
+
+pub async fn deleting_every_key_leaves_an_unknown_not_a_dead_id<S: Store>(store: S) {
+    let t = target();
+    apply(&store, &t, &set("a", json!(1))).await;
+    match store.apply(&t, &delete("a")).await.unwrap() {
+        Outcome::Applied { target, data } => assert_eq!((target, data), (t, None)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.load(&t.id).await.unwrap(), Lookup::Unknown);
+    assert_eq!(store.count().await.unwrap(), 0);
+}
+
+pub async fn parallel_writes_to_different_keys_are_all_kept<S: Store>(store: S) {
+    let store = Arc::new(store);
+    let t = target();
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { apply(&*store, &t, &set(&format!("k{i}"), json!(i))).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let got = data(&*store, &t.id).await.unwrap();
+    assert_eq!(got.as_object().unwrap().len(), 64, "lost updates: {got}");
+}
+
+pub async fn rotate_moves_the_data_and_kills_the_old_id<S: Store>(store: S) {
+    let t = target();
+    apply(&store, &t, &set("cart", json!([1]))).await;
+    let new = apply(&store, &t, &rotate()).await;
+    assert_ne!(new.id, t.id);
+    assert_eq!(store.load(&t.id).await.unwrap(), Lookup::Dead);
+    assert_eq!(data(&store, &new.id).await, Some(json!({"cart": [1]})));
+    assert_eq!(store.count().await.unwrap(), 1);
+}
+
+pub async fn rotating_a_never_stored_session_kills_its_id<S: Store>(store: S) {
+    let t = target();
+    let new = apply(&store, &t, &rotate()).await;
+    assert_ne!(new.id, t.id);
+    assert_eq!(store.load(&t.id).await.unwrap(), Lookup::Dead);
+    assert_eq!(store.load(&new.id).await.unwrap(), Lookup::Unknown);
+}
+
+pub async fn a_write_in_flight_during_a_rotation_lands_in_the_new_session<S: Store>(store: S) {
+    let t = target();
+    apply(&store, &t, &set("a", json!(1))).await;
+    let new = apply(&store, &t, &rotate()).await;
+    // A request that loaded the old id before the rotation now writes.
+    let landed = apply(&store, &t, &set("b", json!(2))).await;
+    assert_eq!(landed, new);
+    assert_eq!(data(&store, &new.id).await, Some(json!({"a": 1, "b": 2})));
+    assert_eq!(store.load(&t.id).await.unwrap(), Lookup::Dead);
+}
+
+pub async fn flush_destroys_the_session_and_a_late_write_is_dropped<S: Store>(store: S) {
+    let t = target();
+    apply(&store, &t, &set("a", json!(1))).await;
+    match store.apply(&t, &flush()).await.unwrap() {
+        Outcome::Applied { target, data } => {
+            assert_ne!(target.id, t.id);
+            assert_eq!(data, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.load(&t.id).await.unwrap(), Lookup::Dead);
+    assert_eq!(store.apply(&t, &set("late", json!(1))).await.unwrap(), Outcome::Gone);
+    assert_eq!(store.count().await.unwrap(), 0);
+}
+
+pub async fn flush_with_sets_starts_a_new_session_with_only_those<S: Store>(store: S) {
+    let t = target();
+    apply(&store, &t, &set("old", json!(1))).await;
+    let mut changes = set("new", json!(2));
+    changes.flush = true;
+    let new = apply(&store, &t, &changes).await;
+    assert_ne!(new.id, t.id);
+    assert_eq!(data(&store, &new.id).await, Some(json!({"new": 2})));
+    assert_eq!(store.load(&t.id).await.unwrap(), Lookup::Dead);
+}
+
+pub async fn an_oversized_change_is_refused_whole<S: Store>(store: S) {
+    let t = target();
+    apply(&store, &t, &set("a", json!(1))).await;
+    let mut changes = set("b", json!("x".repeat(5000)));
+    changes.rotate = true;
+    match store.apply(&t, &changes).await {
+        Err(ApplyError::Refused(_)) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(data(&store, &t.id).await, Some(json!({"a": 1})), "nothing applied, not even the rotation");
+}
+
+pub async fn an_idle_session_expires<S: Store>(store: S) {
+    let t = target();
+    apply(&store, &t, &set("a", json!(1))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(data(&store, &t.id).await.is_some(), "a read restarts the idle timer");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(data(&store, &t.id).await.is_some());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(store.load(&t.id).await.unwrap(), Lookup::Dead);
+    assert_eq!(store.apply(&t, &set("b", json!(2))).await.unwrap(), Outcome::Gone, "no resurrection");
+}
+
+pub async fn a_session_expires_at_its_absolute_deadline<S: Store>(store: S) {
+    // Issued long enough ago that its absolute deadline is 600 ms away.
+    let t = Target {
+        id: Id::random(),
+        issued_ms: now_ms() - 1_400,
+    };
+    apply(&store, &t, &set("a", json!(1))).await;
+    assert!(data(&store, &t.id).await.is_some());
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(store.load(&t.id).await.unwrap(), Lookup::Dead);
+}
+
+pub async fn sweep_removes_expired_sessions<S: Store>(store: S) {
+    for _ in 0..3 {
+        apply(&store, &target(), &set("a", json!(1))).await;
+    }
+    assert_eq!(store.count().await.unwrap(), 3);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let swept = store.sweep().await.unwrap();
+    assert!(swept <= 3);
+    assert_eq!(store.count().await.unwrap(), 0);
+}
+
+pub async fn a_full_store_refuses_new_sessions_but_serves_existing_ones<S: Store>(store: S) {
+    let first = target();
+    apply(&store, &first, &set("a", json!(1))).await;
+    apply(&store, &target(), &set("a", json!(1))).await;
+    match store.apply(&target(), &set("a", json!(1))).await {
+        Err(ApplyError::Store(Error::Full { limit: 2 })) => {}
+        other => panic!("expected Full, got {other:?}"),
+    }
+    apply(&store, &first, &set("b", json!(2))).await;
+    let rotated = apply(&store, &first, &rotate()).await;
+    assert_eq!(data(&store, &rotated.id).await, Some(json!({"a": 1, "b": 2})), "rotation is not a new session");
+}
+
+/// Short timeouts for the expiry tests: idle 1 s, absolute 2 s.
+pub fn short_policy() -> Policy {
+    Policy {
+        idle_ms: 1_000,
+        absolute_ms: 2_000,
+        ..policy()
+    }
+}
+
+/// Generates the suite for one store: `$make` is an async fn(Policy) -> store.
+macro_rules! conformance {
+    ($store:ident, $make:expr) => {
+        mod $store {
+            use super::*;
+
+            macro_rules! case {
+                ($name:ident, $policy:expr) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        super::$name($make($policy).await).await;
+                    }
+                };
+            }
+
+            case!(unknown_ids_are_unknown, policy());
+            case!(set_then_load_returns_the_data, policy());
+            case!(deleting_every_key_leaves_an_unknown_not_a_dead_id, policy());
+            case!(parallel_writes_to_different_keys_are_all_kept, policy());
+            case!(rotate_moves_the_data_and_kills_the_old_id, policy());
+            case!(rotating_a_never_stored_session_kills_its_id, policy());
+            case!(a_write_in_flight_during_a_rotation_lands_in_the_new_session, policy());
+            case!(flush_destroys_the_session_and_a_late_write_is_dropped, policy());
+            case!(flush_with_sets_starts_a_new_session_with_only_those, policy());
+            case!(an_oversized_change_is_refused_whole, policy());
+            case!(an_idle_session_expires, short_policy());
+            case!(a_session_expires_at_its_absolute_deadline, short_policy());
+            case!(sweep_removes_expired_sessions, short_policy());
+            case!(a_full_store_refuses_new_sessions_but_serves_existing_ones, Policy { max_sessions: 2, ..policy() });
+        }
+    };
+}
+
+conformance!(memory, |policy| async move { sessiongate::store::memory::MemoryStore::new(policy) });
