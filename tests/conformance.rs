@@ -79,7 +79,10 @@ pub async fn set_then_load_returns_the_data<S: Store>(store: S) {
     let t = target();
     let after = apply(&store, &t, &set("user", json!({"name": "ä"}))).await;
     assert_eq!(after, t, "a plain set keeps the id");
-    assert_eq!(data(&store, &t.id).await, Some(json!({"user": {"name": "ä"}})));
+    assert_eq!(
+        data(&store, &t.id).await,
+        Some(json!({"user": {"name": "ä"}}))
+    );
     let raw = match store.load(&t.id).await.unwrap() {
         Lookup::Live(v) => v,
         other => panic!("{other:?}"),
@@ -155,7 +158,10 @@ pub async fn flush_destroys_the_session_and_a_late_write_is_dropped<S: Store>(st
         other => panic!("{other:?}"),
     }
     assert_eq!(store.load(&t.id).await.unwrap(), Lookup::Dead);
-    assert_eq!(store.apply(&t, &set("late", json!(1))).await.unwrap(), Outcome::Gone);
+    assert_eq!(
+        store.apply(&t, &set("late", json!(1))).await.unwrap(),
+        Outcome::Gone
+    );
     assert_eq!(store.count().await.unwrap(), 0);
 }
 
@@ -179,19 +185,30 @@ pub async fn an_oversized_change_is_refused_whole<S: Store>(store: S) {
         Err(ApplyError::Refused(_)) => {}
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert_eq!(data(&store, &t.id).await, Some(json!({"a": 1})), "nothing applied, not even the rotation");
+    assert_eq!(
+        data(&store, &t.id).await,
+        Some(json!({"a": 1})),
+        "nothing applied, not even the rotation"
+    );
 }
 
 pub async fn an_idle_session_expires<S: Store>(store: S) {
     let t = target();
     apply(&store, &t, &set("a", json!(1))).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(data(&store, &t.id).await.is_some(), "a read restarts the idle timer");
+    assert!(
+        data(&store, &t.id).await.is_some(),
+        "a read restarts the idle timer"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(data(&store, &t.id).await.is_some());
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(store.load(&t.id).await.unwrap(), Lookup::Dead);
-    assert_eq!(store.apply(&t, &set("b", json!(2))).await.unwrap(), Outcome::Gone, "no resurrection");
+    assert_eq!(
+        store.apply(&t, &set("b", json!(2))).await.unwrap(),
+        Outcome::Gone,
+        "no resurrection"
+    );
 }
 
 pub async fn a_session_expires_at_its_absolute_deadline<S: Store>(store: S) {
@@ -227,7 +244,11 @@ pub async fn a_full_store_refuses_new_sessions_but_serves_existing_ones<S: Store
     }
     apply(&store, &first, &set("b", json!(2))).await;
     let rotated = apply(&store, &first, &rotate()).await;
-    assert_eq!(data(&store, &rotated.id).await, Some(json!({"a": 1, "b": 2})), "rotation is not a new session");
+    assert_eq!(
+        data(&store, &rotated.id).await,
+        Some(json!({"a": 1, "b": 2})),
+        "rotation is not a new session"
+    );
 }
 
 /// Short timeouts for the expiry tests: idle 1 s, absolute 2 s.
@@ -260,16 +281,33 @@ macro_rules! conformance {
             case!(parallel_writes_to_different_keys_are_all_kept, policy());
             case!(rotate_moves_the_data_and_kills_the_old_id, policy());
             case!(rotating_a_never_stored_session_kills_its_id, policy());
-            case!(a_write_in_flight_during_a_rotation_lands_in_the_new_session, policy());
-            case!(flush_destroys_the_session_and_a_late_write_is_dropped, policy());
-            case!(flush_with_sets_starts_a_new_session_with_only_those, policy());
+            case!(
+                a_write_in_flight_during_a_rotation_lands_in_the_new_session,
+                policy()
+            );
+            case!(
+                flush_destroys_the_session_and_a_late_write_is_dropped,
+                policy()
+            );
+            case!(
+                flush_with_sets_starts_a_new_session_with_only_those,
+                policy()
+            );
             case!(an_oversized_change_is_refused_whole, policy());
             case!(an_idle_session_expires, short_policy());
             case!(a_session_expires_at_its_absolute_deadline, short_policy());
             case!(sweep_removes_expired_sessions, short_policy());
-            case!(a_full_store_refuses_new_sessions_but_serves_existing_ones, Policy { max_sessions: 2, ..policy() });
+            case!(
+                a_full_store_refuses_new_sessions_but_serves_existing_ones,
+                Policy {
+                    max_sessions: 2,
+                    ..policy()
+                }
+            );
         }
     };
 }
 
-conformance!(memory, |policy| async move { sessiongate::store::memory::MemoryStore::new(policy) });
+conformance!(memory, |policy| async move {
+    sessiongate::store::memory::MemoryStore::new(policy)
+});
