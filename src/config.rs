@@ -110,15 +110,32 @@ pub struct SessionConfig {
     pub max_operations: usize,
 }
 
+/// When a disk store change counts as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsynced before the response head leaves (SQLite `synchronous=FULL`).
+    Immediate,
+    /// Written to the OS before the response head leaves, fsynced at
+    /// checkpoints (`synchronous=NORMAL`): a process crash loses nothing, a
+    /// power loss or kernel crash may lose the last changes.
+    Relaxed,
+}
+
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
     Memory,
+    Disk {
+        path: PathBuf,
+        durability: Durability,
+        max_file_bytes: Option<u64>,
+    },
 }
 
 impl StoreConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             StoreConfig::Memory => "memory",
+            StoreConfig::Disk { .. } => "disk",
         }
     }
 }

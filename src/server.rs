@@ -19,6 +19,7 @@ use crate::config::{Config, StoreConfig};
 use crate::proxy::Proxy;
 use crate::session::Policy;
 use crate::store::Store;
+use crate::store::disk::{DiskOptions, DiskStore};
 use crate::store::memory::MemoryStore;
 
 /// Longest a request head may take to arrive (slowloris).
@@ -62,6 +63,21 @@ pub async fn serve(
     match config.store {
         StoreConfig::Memory => {
             serve_with(listener, admin, config, MemoryStore::new(policy), shutdown).await
+        }
+        StoreConfig::Disk {
+            ref path,
+            durability,
+            max_file_bytes,
+        } => {
+            let options = DiskOptions {
+                path: path.clone(),
+                durability,
+                max_file_bytes,
+            };
+            // Opening checks the whole file: keep it off the async workers.
+            let store =
+                tokio::task::spawn_blocking(move || DiskStore::open(options, policy)).await??;
+            serve_with(listener, admin, config, store, shutdown).await
         }
     }
 }

@@ -13,6 +13,7 @@
 //! Operations on one session are atomic per store: the data a change is
 //! applied to is the stored data at that moment, never a stale copy.
 
+pub mod disk;
 pub mod memory;
 
 use std::future::Future;

@@ -311,3 +311,25 @@ macro_rules! conformance {
 conformance!(memory, |policy| async move {
     sessiongate::store::memory::MemoryStore::new(policy)
 });
+
+/// A fresh database file under the target's temp dir (kept after the test
+/// for inspection; reader connections reopen it by path).
+fn disk_path() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("conformance");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!(
+        "{}.db",
+        Id::random().to_string().replace(['-', '_'], "x")
+    ))
+}
+
+conformance!(disk, |policy| async move {
+    use sessiongate::config::Durability;
+    use sessiongate::store::disk::{DiskOptions, DiskStore};
+    let options = DiskOptions {
+        path: disk_path(),
+        durability: Durability::Immediate,
+        max_file_bytes: None,
+    };
+    DiskStore::open(options, policy).unwrap()
+});

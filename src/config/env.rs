@@ -57,6 +57,9 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("session", "max_sessions", Kind::Integer),
     ("session", "max_operations", Kind::Integer),
     ("store", "kind", Kind::Text),
+    ("store", "path", Kind::Text),
+    ("store", "durability", Kind::Text),
+    ("store", "max_file_bytes", Kind::Integer),
     ("admin", "listen", Kind::Text),
     ("log", "format", Kind::Text),
 ];

@@ -11,7 +11,7 @@ use http::Uri;
 use serde::Deserialize;
 
 use super::{
-    AdminConfig, Config, CookieConfig, CreateMode, Error, LogFormat, MAX_SESSION_BYTES,
+    AdminConfig, Config, CookieConfig, CreateMode, Durability, Error, LogFormat, MAX_SESSION_BYTES,
     MIN_SECRET_BYTES, Secrets, SessionConfig, StoreConfig, UpstreamConfig,
 };
 use crate::cookie::{SameSite, SecretKey};
@@ -123,6 +123,9 @@ struct RawSession {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     kind: Option<String>,
+    path: Option<String>,
+    durability: Option<String>,
+    max_file_bytes: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -485,11 +488,56 @@ fn validate_session(raw: RawSession) -> Result<SessionConfig, KeyError> {
 }
 
 fn validate_store(raw: RawStore) -> Result<StoreConfig, KeyError> {
-    match raw.kind.as_deref().unwrap_or("memory") {
-        "memory" => Ok(StoreConfig::Memory),
+    let kind = raw.kind.as_deref().unwrap_or("memory");
+    let only_for = |key: &str, set: bool, kinds: &str| -> Result<(), KeyError> {
+        if set {
+            return Err(key_error(
+                key,
+                format!("is only used with store.kind = {kinds}, not \"{kind}\""),
+            ));
+        }
+        Ok(())
+    };
+    match kind {
+        "memory" => {
+            only_for("store.path", raw.path.is_some(), "\"disk\"")?;
+            only_for("store.durability", raw.durability.is_some(), "\"disk\"")?;
+            only_for(
+                "store.max_file_bytes",
+                raw.max_file_bytes.is_some(),
+                "\"disk\"",
+            )?;
+            Ok(StoreConfig::Memory)
+        }
+        "disk" => {
+            let path = raw.path.filter(|p| !p.is_empty()).ok_or_else(|| {
+                key_error(
+                    "store.path",
+                    "missing: the database file, such as \"/var/lib/sessiongate/sessions.db\"",
+                )
+            })?;
+            let durability = match raw.durability.as_deref().unwrap_or("immediate") {
+                "immediate" => Durability::Immediate,
+                "relaxed" => Durability::Relaxed,
+                other => {
+                    return Err(key_error(
+                        "store.durability",
+                        format!("`{other}`: expected \"immediate\" or \"relaxed\""),
+                    ));
+                }
+            };
+            if raw.max_file_bytes.is_some_and(|m| m < 64 * 1024) {
+                return Err(key_error("store.max_file_bytes", "must be at least 65536"));
+            }
+            Ok(StoreConfig::Disk {
+                path: path.into(),
+                durability,
+                max_file_bytes: raw.max_file_bytes,
+            })
+        }
         other => Err(key_error(
             "store.kind",
-            format!("`{other}`: expected \"memory\""),
+            format!("`{other}`: expected \"memory\" or \"disk\""),
         )),
     }
 }
