@@ -376,16 +376,15 @@ fn validate_cookie(raw: RawCookie) -> Result<CookieConfig, KeyError> {
         ));
     }
     let domain = raw.domain.filter(|d| !d.is_empty());
-    if let Some(d) = &domain {
-        if !d
+    if let Some(d) = &domain
+        && !d
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-        {
-            return Err(key_error(
-                "cookie.domain",
-                format!("`{d}` is not a domain name"),
-            ));
-        }
+    {
+        return Err(key_error(
+            "cookie.domain",
+            format!("`{d}` is not a domain name"),
+        ));
     }
     let secure = raw.secure.unwrap_or(true);
     let same_site = match raw

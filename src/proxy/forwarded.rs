@@ -55,10 +55,10 @@ pub fn set(
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !headers.contains_key(X_FORWARDED_HOST) {
-        if let Some(host) = host.or_else(|| headers.get(HOST).cloned()) {
-            headers.insert(X_FORWARDED_HOST, host);
-        }
+    if !headers.contains_key(X_FORWARDED_HOST)
+        && let Some(host) = host.or_else(|| headers.get(HOST).cloned())
+    {
+        headers.insert(X_FORWARDED_HOST, host);
     }
 }
 
