@@ -248,3 +248,25 @@ pub fn check_file(path: &Path, env: &[(&str, &str)]) -> (i32, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Runs the proxy on `config_path` expecting it to refuse to start; returns
+/// (exit code, stderr). Panics if it is still running after 20 s.
+pub fn run_expecting_failure(config_path: &Path) -> (i32, String) {
+    let mut child = Command::new(binary())
+        .arg("--config")
+        .arg(config_path)
+        .env_remove("SESSIONGATE_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sessiongate");
+    let status = poll(Duration::from_secs(20), || child.try_wait().ok().flatten());
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("the proxy started although it should have refused");
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status.code().unwrap_or(-1), err)
+}
