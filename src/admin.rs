@@ -66,11 +66,12 @@ async fn route<S: Store>(req: Request<Incoming>, proxy: &Proxy<S>) -> Response<F
         "/metrics" => {
             let metrics = proxy.metrics();
             match proxy.store().count().await {
-                Ok(n) => {
+                Ok(Some(n)) => {
                     metrics
                         .sessions_held
                         .set(i64::try_from(n).unwrap_or(i64::MAX));
                 }
+                Ok(None) => {}
                 Err(e) => debug!(error = %e, "session count unavailable for metrics"),
             }
             let mut rsp = Response::new(Full::new(Bytes::from(metrics.encode())));

@@ -351,7 +351,7 @@ impl<S: Store> Proxy<S> {
             .store_latency
             .observe(started.elapsed().as_secs_f64());
         match applied {
-            Ok(Outcome::Applied { target, data }) => {
+            Ok(Outcome::Applied { target, has_data }) => {
                 if changes.flush {
                     self.metrics.session_event("flushed", 1);
                 } else if changes.rotate {
@@ -359,7 +359,7 @@ impl<S: Store> Proxy<S> {
                 }
                 Ok(After {
                     target,
-                    has_data: data.is_some(),
+                    has_data,
                     changed: true,
                     flushed: changes.flush,
                 })

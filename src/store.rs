@@ -44,12 +44,9 @@ pub struct Target {
 /// The result of applying a response's operations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Applied. `target` is the session now (a new id after Rotate or Flush);
-    /// `data` is `None` when the session is empty.
-    Applied {
-        target: Target,
-        data: Option<HeaderValue>,
-    },
+    /// Applied. `target` is the session now (a new id after Rotate or
+    /// Flush); `has_data` is false when the session is empty.
+    Applied { target: Target, has_data: bool },
     /// The session ended while the request was in flight (flushed by a
     /// parallel request, or expired); the changes were dropped.
     Gone,
@@ -96,6 +93,7 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store can serve requests now (readiness).
     fn check(&self) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// Live sessions held, for metrics.
-    fn count(&self) -> impl Future<Output = Result<usize, Error>> + Send;
+    /// Live sessions held, for metrics; `None` for a store that does not
+    /// count them cheaply (Redis).
+    fn count(&self) -> impl Future<Output = Result<Option<usize>, Error>> + Send;
 }

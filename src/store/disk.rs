@@ -232,7 +232,7 @@ impl Store for DiskStore {
             .await
     }
 
-    async fn count(&self) -> Result<usize, Error> {
-        Ok(self.live.load(Ordering::Relaxed))
+    async fn count(&self) -> Result<Option<usize>, Error> {
+        Ok(Some(self.live.load(Ordering::Relaxed)))
     }
 }

@@ -140,7 +140,7 @@ impl MemoryStore {
             changes,
             self.policy.max_bytes,
         )?;
-        let next_value = next.clone();
+        let has_data = next.is_some();
         if !changes.renews_id() {
             match next {
                 Some(data) => self.put(
@@ -150,7 +150,7 @@ impl MemoryStore {
                 )?,
                 None => self.remove(&target.id),
             }
-            return Ok(self.outcome(target, next_value));
+            return Ok(self.outcome(target, has_data));
         }
         let renewed = Target {
             id: Id::random(),
@@ -170,15 +170,11 @@ impl MemoryStore {
             successor: (!changes.flush).then_some(renewed),
         };
         self.put(target.id, tombstone, false)?;
-        Ok(self.outcome(renewed, next_value))
+        Ok(self.outcome(renewed, has_data))
     }
 
-    fn outcome(&self, target: Target, data: Option<Vec<u8>>) -> Outcome {
-        let data = data.map(|d| {
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(d))
-                .expect("session JSON is a valid header value")
-        });
-        Outcome::Applied { target, data }
+    fn outcome(&self, target: Target, has_data: bool) -> Outcome {
+        Outcome::Applied { target, has_data }
     }
 }
 
@@ -242,7 +238,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn count(&self) -> Result<usize, Error> {
-        Ok(self.live.load(Ordering::Relaxed))
+    async fn count(&self) -> Result<Option<usize>, Error> {
+        Ok(Some(self.live.load(Ordering::Relaxed)))
     }
 }

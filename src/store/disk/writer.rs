@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use http::HeaderValue;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 use tracing::warn;
@@ -351,14 +350,11 @@ fn write(
         let successor = (!changes.flush).then_some(renewed);
         put_dead(tx, &target, successor, policy)?;
     }
-    let data = next.map(|d| {
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(d))
-            .expect("session JSON is a valid header value")
-    });
+    let has_data = next.is_some();
     Ok((
         Ok(Outcome::Applied {
             target: session,
-            data,
+            has_data,
         }),
         delta,
     ))
