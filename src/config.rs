@@ -129,6 +129,13 @@ pub enum StoreConfig {
         durability: Durability,
         max_file_bytes: Option<u64>,
     },
+    Redis {
+        url: String,
+        key_prefix: String,
+        cluster: bool,
+        timeout: Duration,
+        touch_interval: Duration,
+    },
 }
 
 impl StoreConfig {
@@ -136,6 +143,7 @@ impl StoreConfig {
         match self {
             StoreConfig::Memory => "memory",
             StoreConfig::Disk { .. } => "disk",
+            StoreConfig::Redis { .. } => "redis",
         }
     }
 }

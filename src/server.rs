@@ -21,6 +21,7 @@ use crate::session::Policy;
 use crate::store::Store;
 use crate::store::disk::{DiskOptions, DiskStore};
 use crate::store::memory::MemoryStore;
+use crate::store::redis::{RedisOptions, RedisStore};
 
 /// Longest a request head may take to arrive (slowloris).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -77,6 +78,23 @@ pub async fn serve(
             // Opening checks the whole file: keep it off the async workers.
             let store =
                 tokio::task::spawn_blocking(move || DiskStore::open(options, policy)).await??;
+            serve_with(listener, admin, config, store, shutdown).await
+        }
+        StoreConfig::Redis {
+            ref url,
+            ref key_prefix,
+            cluster,
+            timeout,
+            touch_interval,
+        } => {
+            let options = RedisOptions {
+                url: url.clone(),
+                key_prefix: key_prefix.clone(),
+                cluster,
+                timeout,
+                touch_interval,
+            };
+            let store = RedisStore::connect(options, policy)?;
             serve_with(listener, admin, config, store, shutdown).await
         }
     }

@@ -15,6 +15,7 @@
 
 pub mod disk;
 pub mod memory;
+pub mod redis;
 
 use std::future::Future;
 

@@ -60,6 +60,11 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("store", "path", Kind::Text),
     ("store", "durability", Kind::Text),
     ("store", "max_file_bytes", Kind::Integer),
+    ("store", "url", Kind::Text),
+    ("store", "key_prefix", Kind::Text),
+    ("store", "cluster", Kind::Bool),
+    ("store", "timeout", Kind::Duration),
+    ("store", "touch_interval", Kind::Duration),
     ("admin", "listen", Kind::Text),
     ("log", "format", Kind::Text),
 ];

@@ -126,6 +126,11 @@ struct RawStore {
     path: Option<String>,
     durability: Option<String>,
     max_file_bytes: Option<u64>,
+    url: Option<String>,
+    key_prefix: Option<String>,
+    cluster: Option<bool>,
+    timeout: Option<RawDuration>,
+    touch_interval: Option<RawDuration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -487,7 +492,7 @@ fn validate_session(raw: RawSession) -> Result<SessionConfig, KeyError> {
 }
 
 fn validate_store(raw: RawStore) -> Result<StoreConfig, KeyError> {
-    let kind = raw.kind.as_deref().unwrap_or("memory");
+    let kind = raw.kind.clone().unwrap_or_else(|| "memory".to_owned());
     let only_for = |key: &str, set: bool, kinds: &str| -> Result<(), KeyError> {
         if set {
             return Err(key_error(
@@ -497,46 +502,95 @@ fn validate_store(raw: RawStore) -> Result<StoreConfig, KeyError> {
         }
         Ok(())
     };
-    match kind {
-        "memory" => {
-            only_for("store.path", raw.path.is_some(), "\"disk\"")?;
-            only_for("store.durability", raw.durability.is_some(), "\"disk\"")?;
-            only_for(
-                "store.max_file_bytes",
-                raw.max_file_bytes.is_some(),
-                "\"disk\"",
-            )?;
-            Ok(StoreConfig::Memory)
-        }
-        "disk" => {
-            let path = raw.path.filter(|p| !p.is_empty()).ok_or_else(|| {
-                key_error(
-                    "store.path",
-                    "missing: the database file, such as \"/var/lib/sessiongate/sessions.db\"",
-                )
-            })?;
-            let durability = match raw.durability.as_deref().unwrap_or("immediate") {
-                "immediate" => Durability::Immediate,
-                "relaxed" => Durability::Relaxed,
-                other => {
-                    return Err(key_error(
-                        "store.durability",
-                        format!("`{other}`: expected \"immediate\" or \"relaxed\""),
-                    ));
-                }
-            };
-            if raw.max_file_bytes.is_some_and(|m| m < 64 * 1024) {
-                return Err(key_error("store.max_file_bytes", "must be at least 65536"));
-            }
-            Ok(StoreConfig::Disk {
-                path: path.into(),
-                durability,
-                max_file_bytes: raw.max_file_bytes,
-            })
-        }
+    if kind != "disk" {
+        only_for("store.path", raw.path.is_some(), "\"disk\"")?;
+        only_for("store.durability", raw.durability.is_some(), "\"disk\"")?;
+        only_for(
+            "store.max_file_bytes",
+            raw.max_file_bytes.is_some(),
+            "\"disk\"",
+        )?;
+    }
+    if kind != "redis" {
+        only_for("store.url", raw.url.is_some(), "\"redis\"")?;
+        only_for("store.key_prefix", raw.key_prefix.is_some(), "\"redis\"")?;
+        only_for("store.cluster", raw.cluster.is_some(), "\"redis\"")?;
+        only_for("store.timeout", raw.timeout.is_some(), "\"redis\"")?;
+        only_for(
+            "store.touch_interval",
+            raw.touch_interval.is_some(),
+            "\"redis\"",
+        )?;
+    }
+    match kind.as_str() {
+        "memory" => Ok(StoreConfig::Memory),
+        "disk" => validate_disk(raw),
+        "redis" => validate_redis(raw),
         other => Err(key_error(
             "store.kind",
-            format!("`{other}`: expected \"memory\" or \"disk\""),
+            format!("`{other}`: expected \"memory\", \"disk\" or \"redis\""),
         )),
     }
+}
+
+fn validate_disk(raw: RawStore) -> Result<StoreConfig, KeyError> {
+    let path = raw.path.filter(|p| !p.is_empty()).ok_or_else(|| {
+        key_error(
+            "store.path",
+            "missing: the database file, such as \"/var/lib/sessiongate/sessions.db\"",
+        )
+    })?;
+    let durability = match raw.durability.as_deref().unwrap_or("immediate") {
+        "immediate" => Durability::Immediate,
+        "relaxed" => Durability::Relaxed,
+        other => {
+            return Err(key_error(
+                "store.durability",
+                format!("`{other}`: expected \"immediate\" or \"relaxed\""),
+            ));
+        }
+    };
+    if raw.max_file_bytes.is_some_and(|m| m < 64 * 1024) {
+        return Err(key_error("store.max_file_bytes", "must be at least 65536"));
+    }
+    Ok(StoreConfig::Disk {
+        path: path.into(),
+        durability,
+        max_file_bytes: raw.max_file_bytes,
+    })
+}
+
+fn validate_redis(raw: RawStore) -> Result<StoreConfig, KeyError> {
+    let accepted =
+        "expected a URL such as \"redis://127.0.0.1:6379/0\" or \"rediss://user:pass@host:6380\"";
+    let url = raw
+        .url
+        .ok_or_else(|| key_error("store.url", format!("missing: {accepted}")))?;
+    if !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        || redis::Client::open(url.as_str()).is_err()
+    {
+        // The URL may hold a password: never echo it.
+        return Err(key_error(
+            "store.url",
+            format!("not a valid Redis URL; {accepted}"),
+        ));
+    }
+    let key_prefix = raw.key_prefix.unwrap_or_else(|| "sessiongate:".to_owned());
+    if key_prefix.contains(['{', '}']) {
+        return Err(key_error(
+            "store.key_prefix",
+            "must not contain { or } (they choose the Cluster hash slot)",
+        ));
+    }
+    Ok(StoreConfig::Redis {
+        url,
+        key_prefix,
+        cluster: raw.cluster.unwrap_or(false),
+        timeout: positive("store.timeout", raw.timeout, Duration::from_secs(2))?,
+        touch_interval: positive(
+            "store.touch_interval",
+            raw.touch_interval,
+            Duration::from_secs(60),
+        )?,
+    })
 }

@@ -47,6 +47,16 @@ pub fn encode(map: &Map<String, Value>) -> Vec<u8> {
     out
 }
 
+/// Encodes one value the same way (the Redis store keeps values per key).
+pub fn encode_value(value: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, AsciiFormatter);
+    value
+        .serialize(&mut ser)
+        .expect("serialising a JSON value into memory cannot fail");
+    out
+}
+
 /// Decodes stored session text. Only text this module wrote is stored, so a
 /// failure means the store was altered by someone else.
 pub fn decode(bytes: &[u8]) -> Result<Map<String, Value>, serde_json::Error> {

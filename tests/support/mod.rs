@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod redis;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,26 @@
+-- Load a session. KEYS: data hash, marker. ARGV: idle_ms, refresh_ms.
+-- Returns {'live', field, value, ...}, {'dead'} or {'unknown'}.
+-- The data hash expires after idle_ms without a refresh, never beyond the
+-- marker (which expires at the id's absolute deadline). A read refreshes the
+-- TTL only if it was last refreshed more than refresh_ms ago, so reads do
+-- not cost a write each.
+local data, marker = KEYS[1], KEYS[2]
+local idle, refresh = tonumber(ARGV[1]), tonumber(ARGV[2])
+local fields = redis.call('HGETALL', data)
+if #fields == 0 then
+  if redis.call('EXISTS', marker) == 1 then
+    return {'dead'}
+  end
+  return {'unknown'}
+end
+local ttl = redis.call('PTTL', data)
+if ttl >= 0 and ttl < idle - refresh then
+  local left = redis.call('PTTL', marker)
+  local want = idle
+  if left > 0 and left < want then
+    want = left
+  end
+  redis.call('PEXPIRE', data, want)
+end
+table.insert(fields, 1, 'live')
+return fields
