@@ -51,7 +51,7 @@ pub struct RedisOptions {
 enum Connection {
     Standalone(ConnectionManager),
     /// Connected on first use, and again after a failed first attempt.
-    Cluster(ClusterClient, OnceCell<ClusterConnection>),
+    Cluster(Box<(ClusterClient, OnceCell<ClusterConnection>)>),
 }
 
 pub struct RedisStore {
@@ -73,7 +73,7 @@ impl RedisStore {
                 .response_timeout(options.timeout)
                 .build()
                 .map_err(bad_url)?;
-            Connection::Cluster(client, OnceCell::new())
+            Connection::Cluster(Box::new((client, OnceCell::new())))
         } else {
             let client = redis::Client::open(options.url.as_str()).map_err(bad_url)?;
             let config = redis::aio::ConnectionManagerConfig::new()
@@ -112,7 +112,8 @@ impl RedisStore {
                 Connection::Standalone(manager) => {
                     invocation.invoke_async(&mut manager.clone()).await
                 }
-                Connection::Cluster(client, cell) => {
+                Connection::Cluster(cluster) => {
+                    let (client, cell) = &**cluster;
                     let conn = cell
                         .get_or_try_init(|| client.get_async_connection())
                         .await?;
