@@ -8,6 +8,8 @@ COPY . .
 RUN cargo build --release --locked --bin sessiongate
 
 FROM debian:bookworm-slim
+# CA certificates: rediss:// verifies Redis against the system roots.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin sessiongate \
     && mkdir -p /etc/sessiongate /var/lib/sessiongate \
     && chown sessiongate /var/lib/sessiongate

@@ -60,6 +60,8 @@ pub async fn serve(
         Some(addr) => Some(bind(addr, "admin.listen", &config).await?),
         None => None,
     };
+    // TLS (rediss://) uses rustls with the ring provider; installing it twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let policy = Policy::from_config(&config.session);
     match config.store {
         StoreConfig::Memory => {

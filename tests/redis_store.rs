@@ -207,3 +207,23 @@ fn redis_cluster_keeps_sessions_rotations_and_parallel_writes_across_slots() {
     check.get("/");
     assert_eq!(up.last().session().as_object().unwrap().len(), 50);
 }
+
+#[test]
+fn a_rediss_url_speaks_tls_and_a_failed_handshake_is_a_503_not_a_crash() {
+    // A plain redis-server cannot complete a TLS handshake: every call fails.
+    let redis = RedisServer::start();
+    let up = scripted();
+    let url = redis.url().replace("redis://", "rediss://");
+    let proxy = Proxy::start(&config(
+        up.addr,
+        &format!("[store]\nkind = \"redis\"\nurl = \"{url}\"\ntimeout = \"1s\"\n"),
+    ));
+    let mut b = proxy.browser();
+    assert_eq!(b.get("/set/k/1").status, 503);
+    assert_eq!(support::admin::get(&proxy, "/readyz").status, 503);
+    assert_eq!(
+        b.get("/").status,
+        200,
+        "requests that need no store still pass"
+    );
+}
