@@ -108,6 +108,8 @@ pub struct SessionConfig {
     pub max_sessions: usize,
     /// Upper bound on operation headers in one upstream response.
     pub max_operations: usize,
+    /// Path prefixes proxied without session work (static files).
+    pub skip_paths: Vec<String>,
 }
 
 /// When a disk store change counts as stored.
@@ -148,6 +150,34 @@ impl StoreConfig {
     }
 }
 
+/// Connection handling: timeouts and limits for browsers.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// From a connection's first byte of a request head to its end (slowloris).
+    pub header_read_timeout: Duration,
+    /// How long an idle keep-alive connection is kept open.
+    pub keep_alive_timeout: Duration,
+    /// Longest wait for the next piece of a request body.
+    pub body_read_timeout: Duration,
+    /// How long requests in flight may finish after SIGTERM or SIGINT.
+    pub shutdown_grace: Duration,
+    /// Largest request head (-> 431).
+    pub max_header_bytes: usize,
+    /// Largest request body (-> 413); `None` for no limit.
+    pub max_body_bytes: Option<u64>,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Drop request headers with `_` in their name (nginx's default).
+    pub drop_underscore_headers: bool,
+}
+
+/// TLS for browsers (HTTP/1.1 and HTTP/2 by ALPN).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// The admin listener (health, readiness, metrics).
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
@@ -175,6 +205,8 @@ pub struct Config {
     pub cookie: CookieConfig,
     pub session: SessionConfig,
     pub store: StoreConfig,
+    pub server: ServerConfig,
+    pub tls: Option<TlsConfig>,
     pub admin: AdminConfig,
     pub log_format: LogFormat,
 }

@@ -6,6 +6,9 @@
 //! 3. [`Proxy::send`] forwards it on the pooled client, with a deadline;
 //! 4. [`Proxy::respond`] takes the upstream's operations, stores them
 //!    before the response head leaves, and sets the cookie and cache headers.
+//!
+//! Requests under a skip path (`session.skip_paths`) go through 2 and 3
+//! without session work; our headers are still stripped both ways.
 
 mod body;
 mod caching;
@@ -13,34 +16,45 @@ mod error;
 mod forwarded;
 mod head_capture;
 mod hop;
+pub mod path;
+mod settings;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{HOST, HeaderValue, SET_COOKIE};
+use arc_swap::ArcSwap;
+use http::header::{CONTENT_LENGTH, HOST, HeaderMap, HeaderValue, SET_COOKIE};
 use http::request::Parts;
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::{debug, warn};
 
-pub use body::ResponseBody;
-use body::{Filtered, RequestBody};
+pub use body::{BoxError, ResponseBody};
+use body::{Filtered, Limits, RequestBody};
 pub use error::Error;
-use head_capture::{CapturingConnector, HeadCapture};
+use head_capture::HeadCapture;
+use settings::{Fixed, Settings};
 
-use crate::config::{Config, CreateMode, UpstreamConfig};
-use crate::cookie::{self, CookieBuilder, SignedWith, Signer};
+use crate::config::Config;
+use crate::cookie::{self, SignedWith};
 use crate::metrics::Metrics;
-use crate::protocol::{self, HeaderPrefix, Parsed};
+use crate::protocol::{self, Parsed};
+use crate::server::deadline::Activity;
 use crate::session::{self, CookieAction, CookieFacts, Id, Policy, now_ms};
 use crate::store::{ApplyError, Lookup, Outcome, Store, Target};
 
 /// Most cookies with the session's name that are checked in one request;
 /// each costs an HMAC, and a browser legitimately sends one or two.
 const MAX_COOKIE_CANDIDATES: usize = 8;
+
+/// The browser's connection, as the server accepted it.
+#[derive(Clone)]
+pub struct Downstream {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    pub activity: Activity,
+}
 
 /// The browser's session as found (or started) for this request.
 struct Resolved {
@@ -69,45 +83,21 @@ struct Label {
 
 pub struct Proxy<S> {
     store: S,
-    client: Client<CapturingConnector, RequestBody>,
-    upstream: UpstreamConfig,
-    signer: Signer,
-    cookies: CookieBuilder,
-    prefix: Arc<HeaderPrefix>,
+    settings: ArcSwap<Settings>,
+    fixed: Fixed,
     policy: Policy,
-    create: CreateMode,
-    max_operations: usize,
-    forward_cookie: bool,
-    trusted_proxies: Vec<ipnet::IpNet>,
     metrics: Metrics,
 }
 
 impl<S: Store> Proxy<S> {
     pub fn new(config: Config, store: S) -> Proxy<S> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.upstream.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
-            // The original Host is forwarded, as most apps build URLs from it.
-            .set_host(false)
-            // An upstream may send many operation headers; refusing them is
-            // our job (with a log line), not a parse error's (a 502).
-            .http1_max_headers(8192)
-            .build(CapturingConnector::new(connector));
+        let fixed = Fixed::of(&config);
+        let policy = Policy::from_config(&config.session);
         Proxy {
             store,
-            client,
-            upstream: config.upstream,
-            signer: Signer::new(config.secrets.current, config.secrets.previous),
-            cookies: CookieBuilder::new(config.cookie.clone()),
-            prefix: Arc::new(config.header_prefix),
-            policy: Policy::from_config(&config.session),
-            create: config.session.create,
-            max_operations: config.session.max_operations,
-            forward_cookie: config.cookie.forward_to_upstream,
-            trusted_proxies: config.trusted_proxies,
+            settings: ArcSwap::from_pointee(Settings::new(config)),
+            fixed,
+            policy,
             metrics: Metrics::new(),
         }
     }
@@ -120,13 +110,37 @@ impl<S: Store> Proxy<S> {
         &self.metrics
     }
 
+    /// The settings in force now (new connections and requests use them).
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Applies a reloaded config. Settings that need a restart are not
+    /// applied; the error names them and nothing changes.
+    pub fn reload(&self, config: Config) -> Result<(), String> {
+        if Fixed::of(&config) != self.fixed {
+            return Err(
+                "listen, admin.listen, tls, [store] and the session timeouts and caps need a restart; \
+                 the config was not applied"
+                    .to_owned(),
+            );
+        }
+        self.settings.store(Arc::new(Settings::new(config)));
+        Ok(())
+    }
+
     /// Serves one request; every failure becomes a short error response.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        down: &Downstream,
+    ) -> Response<ResponseBody> {
+        let settings = self.settings();
         let label = Label {
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
         };
-        let rsp = match self.proxy(req, peer, &label).await {
+        let rsp = match self.proxy(&settings, req, down, &label).await {
             Ok(rsp) => rsp,
             Err(e) => {
                 warn!(method = %label.method, path = %label.path, status = e.status().as_u16(), error = %e, "request failed");
@@ -142,31 +156,56 @@ impl<S: Store> Proxy<S> {
 
     async fn proxy(
         &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
+        s: &Settings,
+        mut req: Request<Incoming>,
+        down: &Downstream,
         label: &Label,
     ) -> Result<Response<ResponseBody>, Error> {
-        let (mut parts, body) = req.into_parts();
-        if parts.method == Method::CONNECT {
+        if req.method() == Method::CONNECT {
             return Err(Error::MethodNotAllowed("CONNECT is not proxied"));
         }
-        let session = self.resolve(&parts.headers).await?;
-        self.upstream_request(&mut parts, peer, &session)?;
-        let req = Request::from_parts(parts, Filtered::new(body, self.prefix.clone()));
-        let rsp = self.send(req).await?;
-        self.respond(rsp, session, label).await
+        if let Some(max) = s.server.max_body_bytes
+            && content_length(req.headers()).is_some_and(|len| len > max)
+        {
+            return Err(Error::BodyTooLarge(max));
+        }
+        let websocket = upgrade::wants_websocket(req.headers());
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let path = path::normalize(parts.uri.path())
+            .ok_or(Error::BadRequest("malformed percent-encoding in the path"))?;
+        let session = match path::skips(&path, &s.skip_paths) {
+            true => None,
+            false => Some(self.resolve(s, &parts.headers).await?),
+        };
+        self.upstream_request(s, &mut parts, down, session.as_ref(), &path)?;
+        if websocket {
+            upgrade::restore_headers(&mut parts.headers);
+        }
+        let limits = Limits {
+            idle: Some(s.server.body_read_timeout),
+            max: s.server.max_body_bytes,
+        };
+        let req = Request::from_parts(parts, Filtered::new(body, s.prefix.clone(), limits));
+        let mut rsp = self.send(s, req).await?;
+        let upstream_upgrade = (websocket && rsp.status() == StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| hyper::upgrade::on(&mut rsp));
+        let mut rsp = self.respond(s, rsp, session, label).await?;
+        if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
+            upgrade::restore_headers(rsp.headers_mut());
+            upgrade::tunnel(client, upstream, down.activity.begin());
+        }
+        Ok(rsp)
     }
 
     /// Finds the session of the first cookie that verifies and names a
     /// session still alive; otherwise starts a new one.
-    async fn resolve(&self, headers: &http::HeaderMap) -> Result<Resolved, Error> {
+    async fn resolve(&self, s: &Settings, headers: &HeaderMap) -> Result<Resolved, Error> {
         let now = now_ms();
         let mut sent_cookie = false;
-        for value in
-            cookie::request_values(headers, self.cookies.name()).take(MAX_COOKIE_CANDIDATES)
-        {
+        for value in cookie::request_values(headers, s.cookies.name()).take(MAX_COOKIE_CANDIDATES) {
             sent_cookie = true;
-            let Some(v) = self.signer.verify(value) else {
+            let Some(v) = s.signer.verify(value) else {
                 continue;
             };
             if now >= self.policy.absolute_deadline(v.issued_ms) {
@@ -208,61 +247,61 @@ impl<S: Store> Proxy<S> {
     /// Turns the browser's request into the upstream's: strip, then inject.
     fn upstream_request(
         &self,
+        s: &Settings,
         parts: &mut Parts,
-        peer: SocketAddr,
-        session: &Resolved,
+        down: &Downstream,
+        session: Option<&Resolved>,
+        path: &str,
     ) -> Result<(), Error> {
         let host = parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::try_from(a.as_str()).ok());
         hop::strip(&mut parts.headers);
-        self.prefix.strip(&mut parts.headers);
-        if !self.forward_cookie {
-            cookie::remove_from_request(&mut parts.headers, self.cookies.name());
+        s.prefix.strip(&mut parts.headers);
+        if s.server.drop_underscore_headers {
+            drop_underscore_headers(&mut parts.headers);
         }
+        if !s.forward_cookie {
+            cookie::remove_from_request(&mut parts.headers, s.cookies.name());
+        }
+        let proto = if down.tls { "https" } else { "http" };
         forwarded::set(
             &mut parts.headers,
-            peer.ip(),
-            "http",
+            down.peer.ip(),
+            proto,
             host.clone(),
-            &self.trusted_proxies,
+            &s.trusted_proxies,
         );
         if !parts.headers.contains_key(HOST) {
             // HTTP/2 carries the host in the URI; HTTP/1.1 upstreams need the header.
             let host = host.ok_or(Error::BadRequest("no Host"))?;
             parts.headers.insert(HOST, host);
         }
-        let id = HeaderValue::try_from(session.target.id.to_string()).expect("ids are base64url");
-        let data = session
-            .data
-            .clone()
-            .unwrap_or(HeaderValue::from_static("{}"));
-        protocol::inject(&self.prefix, &mut parts.headers, id, session.started, data);
-        parts.uri = self.upstream_uri(&parts.uri)?;
+        if let Some(session) = session {
+            let id =
+                HeaderValue::try_from(session.target.id.to_string()).expect("ids are base64url");
+            let data = session
+                .data
+                .clone()
+                .unwrap_or(HeaderValue::from_static("{}"));
+            protocol::inject(&s.prefix, &mut parts.headers, id, session.started, data);
+        }
+        parts.uri = upstream_uri(s, path, parts.uri.query())?;
         parts.version = Version::HTTP_11;
         Ok(())
     }
 
-    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, Error> {
-        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        if !path.starts_with('/') {
-            return Err(Error::BadRequest("request target is not a path"));
-        }
-        Uri::builder()
-            .scheme(self.upstream.scheme.clone())
-            .authority(self.upstream.authority.clone())
-            .path_and_query(path)
-            .build()
-            .map_err(|_| Error::BadRequest("request target is not a valid path"))
-    }
-
-    async fn send(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, Error> {
-        let timeout = self.upstream.timeout;
+    async fn send(
+        &self,
+        s: &Settings,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, Error> {
+        let timeout = s.upstream.timeout;
         let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(timeout, self.client.request(req)).await {
+        let result = match tokio::time::timeout(timeout, s.client.request(req)).await {
             Err(_) => Err(Error::UpstreamTimeout(timeout)),
-            Ok(Err(e)) => Err(Error::Upstream(e)),
+            Ok(Err(e)) => Err(Error::from_client(e, s.upstream.connect_timeout)),
             Ok(Ok(rsp)) => Ok(rsp),
         };
         self.metrics
@@ -274,18 +313,34 @@ impl<S: Store> Proxy<S> {
     /// Applies the upstream's operations, then sets the cookie and cache headers.
     async fn respond(
         &self,
+        s: &Settings,
         rsp: Response<Incoming>,
-        session: Resolved,
+        session: Option<Resolved>,
         label: &Label,
     ) -> Result<Response<ResponseBody>, Error> {
         let (mut parts, body) = rsp.into_parts();
         hop::strip(&mut parts.headers);
         let capture = parts.extensions.get::<HeadCapture>().cloned();
-        let parsed = self.take_operations(&mut parts.headers, capture);
-        self.remove_session_set_cookies(&mut parts.headers);
-        let after = self.apply(parsed, parts.status, &session, label).await?;
+        let parsed = take_operations(s, &mut parts.headers, capture);
+        remove_session_set_cookies(s, &mut parts.headers);
+        if let Some(session) = session {
+            let after = self.apply(parsed, parts.status, &session, label).await?;
+            self.set_cookie(s, &mut parts.headers, &session, &after);
+            caching::vary_on_cookie(&mut parts.headers);
+        }
+        let limits = Limits {
+            idle: Some(s.upstream.timeout),
+            max: None,
+        };
+        Ok(Response::from_parts(
+            parts,
+            http_body_util::Either::Left(Filtered::new(body, s.prefix.clone(), limits)),
+        ))
+    }
+
+    fn set_cookie(&self, s: &Settings, headers: &mut HeaderMap, session: &Resolved, after: &After) {
         let action = session::cookie_action(CookieFacts {
-            mode: self.create,
+            mode: s.create,
             had_valid_cookie: !session.started,
             sent_cookie: session.sent_cookie,
             needs_resign: session.needs_resign,
@@ -298,29 +353,20 @@ impl<S: Store> Proxy<S> {
         if session.started && (matches!(action, CookieAction::Issue { .. }) || after.has_data) {
             self.metrics.session_event("created", 1);
         }
-        let set_cookie = match action {
-            CookieAction::Keep => None,
-            CookieAction::Issue { id, issued_ms } => {
-                Some(self.cookies.issue(self.signer.sign(&id, issued_ms)))
-            }
-            CookieAction::Expire => Some(self.cookies.expire()),
+        let value = match action {
+            CookieAction::Keep => return,
+            CookieAction::Issue { id, issued_ms } => s.cookies.issue(s.signer.sign(&id, issued_ms)),
+            CookieAction::Expire => s.cookies.expire(),
         };
-        if let Some(value) = set_cookie {
-            parts.headers.append(SET_COOKIE, value);
-            caching::make_private(&mut parts.headers);
-        }
-        caching::vary_on_cookie(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            http_body_util::Either::Left(Filtered::new(body, self.prefix.clone())),
-        ))
+        headers.append(SET_COOKIE, value);
+        caching::make_private(headers);
     }
 
     /// Runs the operations through the store, or logs why not.
     async fn apply(
         &self,
         parsed: Parsed,
-        status: http::StatusCode,
+        status: StatusCode,
         session: &Resolved,
         label: &Label,
     ) -> Result<After, Error> {
@@ -382,47 +428,73 @@ impl<S: Store> Proxy<S> {
             Err(ApplyError::Store(e)) => Err(Error::Store(e)),
         }
     }
+}
 
-    /// Removes our headers from the response and parses the operations among
-    /// them, in the order the upstream sent them when the raw head is known.
-    fn take_operations(
-        &self,
-        headers: &mut http::HeaderMap,
-        capture: Option<HeadCapture>,
-    ) -> Parsed {
-        if !headers.keys().any(|n| self.prefix.matches(n.as_str())) {
-            return Ok(Default::default());
-        }
-        match capture.as_ref().and_then(HeadCapture::lines) {
-            Some(lines) => {
-                let ordered = lines.iter().map(|(n, v)| (n.as_str(), v.as_slice()));
-                let parsed = protocol::parse_operations(&self.prefix, ordered, self.max_operations);
-                self.prefix.strip(headers);
-                parsed
-            }
-            None => protocol::take_operations(&self.prefix, headers, self.max_operations),
-        }
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// nginx's default: header names with `_` are ambiguous with `-` for many
+/// apps (CGI maps both to `HTTP_X_Y`), so a client could shadow a header.
+fn drop_underscore_headers(headers: &mut HeaderMap) {
+    let names: Vec<_> = headers
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
     }
+}
 
-    /// The upstream may not set the session cookie itself.
-    fn remove_session_set_cookies(&self, headers: &mut http::HeaderMap) {
-        let name = self.cookies.name();
-        if !headers
-            .get_all(SET_COOKIE)
-            .iter()
-            .any(|v| cookie::set_cookie_name(v) == Some(name))
-        {
-            return;
+fn upstream_uri(s: &Settings, path: &str, query: Option<&str>) -> Result<Uri, Error> {
+    let path_and_query = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    Uri::builder()
+        .scheme(s.upstream.scheme.clone())
+        .authority(s.upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| Error::BadRequest("request target is not a valid path"))
+}
+
+/// Removes our headers from the response and parses the operations among
+/// them, in the order the upstream sent them when the raw head is known.
+fn take_operations(s: &Settings, headers: &mut HeaderMap, capture: Option<HeadCapture>) -> Parsed {
+    if !headers.keys().any(|n| s.prefix.matches(n.as_str())) {
+        return Ok(Default::default());
+    }
+    match capture.as_ref().and_then(HeadCapture::lines) {
+        Some(lines) => {
+            let ordered = lines.iter().map(|(n, v)| (n.as_str(), v.as_slice()));
+            let parsed = protocol::parse_operations(&s.prefix, ordered, s.max_operations);
+            s.prefix.strip(headers);
+            parsed
         }
-        let kept: Vec<HeaderValue> = headers
-            .get_all(SET_COOKIE)
-            .iter()
-            .filter(|v| cookie::set_cookie_name(v) != Some(name))
-            .cloned()
-            .collect();
-        headers.remove(SET_COOKIE);
-        for v in kept {
-            headers.append(SET_COOKIE, v);
-        }
+        None => protocol::take_operations(&s.prefix, headers, s.max_operations),
+    }
+}
+
+/// The upstream may not set the session cookie itself.
+fn remove_session_set_cookies(s: &Settings, headers: &mut HeaderMap) {
+    let name = s.cookies.name();
+    if !headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .any(|v| cookie::set_cookie_name(v) == Some(name))
+    {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter(|v| cookie::set_cookie_name(v) != Some(name))
+        .cloned()
+        .collect();
+    headers.remove(SET_COOKIE);
+    for v in kept {
+        headers.append(SET_COOKIE, v);
     }
 }

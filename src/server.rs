@@ -1,34 +1,36 @@
-//! The accept loop: one task per connection, HTTP/1.1 (and HTTP/2 with
-//! prior knowledge) via hyper-util, the background expiry sweep, and
-//! graceful shutdown.
+//! The accept loop: connection limits and deadlines, optional TLS, HTTP/1.1
+//! and HTTP/2 (prior knowledge or ALPN) via hyper-util, the background
+//! expiry sweep, SIGHUP reloads, and graceful shutdown.
+
+pub mod deadline;
+mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, StoreConfig};
-use crate::proxy::Proxy;
+use crate::proxy::{BoxError, Downstream, Proxy, ResponseBody};
 use crate::session::Policy;
 use crate::store::Store;
 use crate::store::disk::{DiskOptions, DiskStore};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisOptions, RedisStore};
-
-/// Longest a request head may take to arrive (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest request head accepted; above it the client gets 431.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// How long in-flight requests may run after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+use deadline::{Activity, Busy, Deadlines};
 
 /// Binds `config.listen` (and the admin address) and serves until
 /// `shutdown` completes.
@@ -56,64 +58,74 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    // rustls (TLS for browsers and rediss://) uses the ring provider; installing it twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let admin = match config.admin.listen {
         Some(addr) => Some(bind(addr, "admin.listen", &config).await?),
         None => None,
     };
-    // TLS (rediss://) uses rustls with the ring provider; installing it twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let policy = Policy::from_config(&config.session);
-    match config.store {
+    let listeners = Listeners {
+        public: listener,
+        admin,
+    };
+    match config.store.clone() {
         StoreConfig::Memory => {
-            serve_with(listener, admin, config, MemoryStore::new(policy), shutdown).await
+            serve_with(listeners, config, MemoryStore::new(policy), shutdown).await
         }
         StoreConfig::Disk {
-            ref path,
+            path,
             durability,
             max_file_bytes,
         } => {
             let options = DiskOptions {
-                path: path.clone(),
+                path,
                 durability,
                 max_file_bytes,
             };
             // Opening checks the whole file: keep it off the async workers.
             let store =
                 tokio::task::spawn_blocking(move || DiskStore::open(options, policy)).await??;
-            serve_with(listener, admin, config, store, shutdown).await
+            serve_with(listeners, config, store, shutdown).await
         }
         StoreConfig::Redis {
-            ref url,
-            ref key_prefix,
+            url,
+            key_prefix,
             cluster,
             timeout,
             touch_interval,
         } => {
             let options = RedisOptions {
-                url: url.clone(),
-                key_prefix: key_prefix.clone(),
+                url,
+                key_prefix,
                 cluster,
                 timeout,
                 touch_interval,
             };
             let store = RedisStore::connect(options, policy)?;
-            serve_with(listener, admin, config, store, shutdown).await
+            serve_with(listeners, config, store, shutdown).await
         }
     }
 }
 
-async fn serve_with<S: Store>(
-    listener: TcpListener,
+struct Listeners {
+    public: TcpListener,
     admin: Option<TcpListener>,
+}
+
+async fn serve_with<S: Store>(
+    listeners: Listeners,
     config: Config,
     store: S,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let addr = listener.local_addr()?;
-    let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
+    let addr = listeners.public.local_addr()?;
+    let admin_addr = listeners.admin.as_ref().and_then(|a| a.local_addr().ok());
+    let acceptor = config.tls.as_ref().map(tls::acceptor).transpose()?;
     info!(
         addr = %addr,
         admin = %admin_addr.map_or("off".to_owned(), |a| a.to_string()),
+        tls = acceptor.is_some(),
         upstream = %config.upstream.authority,
         store = config.store.kind(),
         create = ?config.session.create,
@@ -125,72 +137,192 @@ async fn serve_with<S: Store>(
     );
     let sweep_every = (config.session.idle_timeout / 4)
         .clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let source = config.source.clone();
     let proxy = Arc::new(Proxy::new(config, store));
-    let sweeper = tokio::spawn(sweep(proxy.clone(), sweep_every));
-    let admin = admin.map(|a| tokio::spawn(crate::admin::serve(a, proxy.clone())));
-    let result = accept_loop(listener, proxy, shutdown).await;
-    sweeper.abort();
-    if let Some(admin) = admin {
-        admin.abort();
+    let background = [
+        tokio::spawn(sweep(proxy.clone(), sweep_every)),
+        tokio::spawn(reload_on_sighup(proxy.clone(), source)),
+    ];
+    let admin = listeners
+        .admin
+        .map(|a| tokio::spawn(crate::admin::serve(a, proxy.clone())));
+    let result = accept_loop(listeners.public, acceptor, proxy.clone(), shutdown).await;
+    for task in background.into_iter().chain(admin) {
+        task.abort();
+        let _ = task.await;
     }
+    // Last reference: close the store (the disk store joins its writer and
+    // checkpoints), off the async workers.
+    let _ = tokio::task::spawn_blocking(move || drop(proxy)).await;
+    info!("stopped");
     result
 }
 
 async fn accept_loop<S: Store>(
     listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
     proxy: Arc<Proxy<S>>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    let limits = proxy.settings().server.clone();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = accept(&listener, &permits) => accepted,
             () = &mut shutdown => break,
         };
+        let Some((stream, peer, permit)) = accepted else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let server = proxy.settings().server.clone();
+        let activity = Activity::default();
+        let io = Deadlines::new(
+            stream,
+            activity.clone(),
+            server.header_read_timeout,
+            server.keep_alive_timeout,
+        );
+        let down = Downstream {
+            peer,
+            tls: acceptor.is_some(),
+            activity,
+        };
+        let builder = builder(&server);
         let proxy = proxy.clone();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let _permit = permit;
+            let service = service_fn(move |req| {
+                let (proxy, down) = (proxy.clone(), down.clone());
+                let busy = down.activity.begin();
+                async move {
+                    Ok::<_, Infallible>(
+                        proxy
+                            .handle(req, &down)
+                            .await
+                            .map(|body| Tracked { body, _busy: busy }),
+                    )
+                }
+            });
+            let served = match acceptor {
+                None => {
+                    watcher
+                        .watch(
+                            builder
+                                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                                .into_owned(),
+                        )
+                        .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(server.header_read_timeout, acceptor.accept(io))
+                        .await
+                    {
+                        Ok(Ok(tls)) => {
+                            watcher
+                                .watch(
+                                    builder
+                                        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                                        .into_owned(),
+                                )
+                                .await
+                        }
+                        Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => return debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            };
+            if let Err(e) = served {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
-    info!("shutting down: no new connections; waiting for requests in flight");
+    let grace = proxy.settings().server.shutdown_grace;
+    info!(
+        ?grace,
+        "shutting down: no new connections; waiting for requests in flight"
+    );
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {
-        warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight after the grace period; closing them");
+        warn!(
+            ?grace,
+            "requests still in flight after server.shutdown_grace; closing them"
+        );
     }
     Ok(())
+}
+
+/// Waits for a connection slot, then a connection. Errors (out of file
+/// descriptors and the like) are logged and retried after a pause.
+async fn accept(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+) -> Option<(
+    TcpStream,
+    std::net::SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+)> {
+    let permit = permits
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed");
+    match listener.accept().await {
+        Ok((stream, peer)) => Some((stream, peer, permit)),
+        Err(e) => {
+            warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
+fn builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Head and keep-alive deadlines are kept by `Deadlines`.
+        .header_read_timeout(None)
+        .max_buf_size(server.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// A response body that keeps its connection busy until it is sent.
+struct Tracked {
+    body: ResponseBody,
+    _busy: Busy,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 async fn sweep<S: Store>(proxy: Arc<Proxy<S>>, every: Duration) {
@@ -205,6 +337,33 @@ async fn sweep<S: Store>(proxy: Arc<Proxy<S>>, every: Duration) {
                 debug!(expired = n, "expired sessions swept");
             }
             Err(e) => warn!(error = %e, "session sweep failed"),
+        }
+    }
+}
+
+/// SIGHUP re-reads the config file. A file that does not validate, or that
+/// changes what needs a restart, is refused and the running config stays.
+async fn reload_on_sighup<S: Store>(proxy: Arc<Proxy<S>>, source: std::path::PathBuf) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        warn!("cannot listen for SIGHUP; config reloads are off");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let loaded = tokio::task::spawn_blocking({
+            let source = source.clone();
+            move || Config::load(&source)
+        })
+        .await;
+        match loaded {
+            Ok(Ok(config)) => match proxy.reload(config) {
+                Ok(()) => info!(file = %source.display(), "config reloaded"),
+                Err(why) => {
+                    warn!(file = %source.display(), reason = %why, "config reload refused; the running config stays")
+                }
+            },
+            Ok(Err(e)) => warn!(error = %e, "config reload refused; the running config stays"),
+            Err(e) => warn!(error = %e, "config reload failed"),
         }
     }
 }

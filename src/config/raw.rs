@@ -4,7 +4,7 @@
 //! they belong to, and are repeated in the README's config reference.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::Uri;
@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::{
     AdminConfig, Config, CookieConfig, CreateMode, Durability, Error, LogFormat, MAX_SESSION_BYTES,
-    MIN_SECRET_BYTES, Secrets, SessionConfig, StoreConfig, UpstreamConfig,
+    MIN_SECRET_BYTES, Secrets, ServerConfig, SessionConfig, StoreConfig, TlsConfig, UpstreamConfig,
 };
 use crate::cookie::{SameSite, SecretKey};
 use crate::protocol::HeaderPrefix;
@@ -63,6 +63,9 @@ pub struct RawConfig {
     session: RawSession,
     #[serde(default)]
     store: RawStore,
+    #[serde(default)]
+    server: RawServer,
+    tls: Option<RawTls>,
     #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
@@ -117,6 +120,27 @@ struct RawSession {
     max_bytes: Option<usize>,
     max_sessions: Option<usize>,
     max_operations: Option<usize>,
+    skip_paths: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    header_read_timeout: Option<RawDuration>,
+    keep_alive_timeout: Option<RawDuration>,
+    body_read_timeout: Option<RawDuration>,
+    shutdown_grace: Option<RawDuration>,
+    max_header_bytes: Option<usize>,
+    max_body_bytes: Option<u64>,
+    max_connections: Option<usize>,
+    drop_underscore_headers: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<String>,
+    key: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -218,6 +242,8 @@ impl RawConfig {
             cookie: validate_cookie(self.cookie)?,
             session: validate_session(self.session)?,
             store: validate_store(self.store)?,
+            server: validate_server(self.server)?,
+            tls: self.tls.map(validate_tls).transpose()?,
             admin: validate_admin(self.admin)?,
             log_format,
         })
@@ -488,6 +514,73 @@ fn validate_session(raw: RawSession) -> Result<SessionConfig, KeyError> {
         max_bytes,
         max_sessions,
         max_operations,
+        skip_paths: validate_skip_paths(raw.skip_paths.unwrap_or_default())?,
+    })
+}
+
+fn validate_skip_paths(paths: Vec<String>) -> Result<Vec<String>, KeyError> {
+    for p in &paths {
+        let normal = crate::proxy::path::normalize(p);
+        if !p.starts_with('/') || normal.as_deref() != Some(p.as_str()) {
+            return Err(key_error(
+                "session.skip_paths",
+                format!(
+                    "`{p}`: expected a normalised path prefix starting with /, such as \"/static/\""
+                ),
+            ));
+        }
+    }
+    Ok(paths)
+}
+
+fn validate_server(raw: RawServer) -> Result<ServerConfig, KeyError> {
+    let max_header_bytes = raw.max_header_bytes.unwrap_or(64 * 1024);
+    if !(8192..=1024 * 1024).contains(&max_header_bytes) {
+        return Err(key_error(
+            "server.max_header_bytes",
+            format!("{max_header_bytes}: expected 8192 to 1048576 (hyper needs at least 8192)"),
+        ));
+    }
+    let max_connections = raw.max_connections.unwrap_or(25_000);
+    if max_connections == 0 {
+        return Err(key_error("server.max_connections", "must be at least 1"));
+    }
+    Ok(ServerConfig {
+        header_read_timeout: positive(
+            "server.header_read_timeout",
+            raw.header_read_timeout,
+            Duration::from_secs(15),
+        )?,
+        keep_alive_timeout: positive(
+            "server.keep_alive_timeout",
+            raw.keep_alive_timeout,
+            Duration::from_secs(75),
+        )?,
+        body_read_timeout: positive(
+            "server.body_read_timeout",
+            raw.body_read_timeout,
+            Duration::from_secs(60),
+        )?,
+        shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
+        max_header_bytes,
+        max_body_bytes: raw.max_body_bytes,
+        max_connections,
+        drop_underscore_headers: raw.drop_underscore_headers.unwrap_or(true),
+    })
+}
+
+fn validate_tls(raw: RawTls) -> Result<TlsConfig, KeyError> {
+    let file = |key: &str, value: Option<String>| {
+        let path = value
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| key_error(key, "missing: a PEM file path"))?;
+        std::fs::metadata(&path)
+            .map_err(|e| key_error(key, format!("cannot read `{path}`: {e}")))
+            .map(|_| PathBuf::from(path))
+    };
+    Ok(TlsConfig {
+        cert: file("tls.cert", raw.cert)?,
+        key: file("tls.key", raw.key)?,
     })
 }
 

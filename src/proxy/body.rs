@@ -1,47 +1,101 @@
 //! Bodies that pass through the proxy: streamed frame by frame, never
 //! buffered whole, with our headers and `Set-Cookie` removed from trailers
-//! (a trailer is just another place a client or upstream could smuggle them).
+//! (a trailer is just another place a client or upstream could smuggle
+//! them), a deadline for each next frame and an optional size cap.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::SET_COOKIE;
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
 
 use crate::protocol::HeaderPrefix;
 
-/// A streamed body whose trailers are filtered.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a body stream was cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("no body data for {0:?}")]
+    Stalled(Duration),
+    #[error("body larger than {0} bytes")]
+    TooLarge(u64),
+}
+
+/// What a body may do: wait at most `idle` for each frame, carry at most `max` bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    pub idle: Option<Duration>,
+    pub max: Option<u64>,
+}
+
+/// A streamed body whose trailers are filtered and whose pace and size are bounded.
 pub struct Filtered<B> {
     inner: B,
     prefix: Arc<HeaderPrefix>,
+    limits: Limits,
+    deadline: Option<Pin<Box<Sleep>>>,
+    seen: u64,
 }
 
 impl<B> Filtered<B> {
-    pub fn new(inner: B, prefix: Arc<HeaderPrefix>) -> Self {
-        Filtered { inner, prefix }
+    pub fn new(inner: B, prefix: Arc<HeaderPrefix>, limits: Limits) -> Self {
+        let deadline = limits.idle.map(|d| Box::pin(tokio::time::sleep(d)));
+        Filtered {
+            inner,
+            prefix,
+            limits,
+            deadline,
+            seen: 0,
+        }
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Filtered<B> {
+impl<B> Body for Filtered<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(mut frame))) = polled {
-            if let Some(trailers) = frame.trailers_mut() {
-                self.prefix.strip(trailers);
-                trailers.remove(SET_COOKIE);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let mut frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                if let (Some(deadline), Some(idle)) = (this.deadline.as_mut(), this.limits.idle)
+                    && deadline.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Some(Err(BodyError::Stalled(idle).into())));
+                }
+                return Poll::Pending;
             }
-            return Poll::Ready(Some(Ok(frame)));
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        if let (Some(deadline), Some(idle)) = (this.deadline.as_mut(), this.limits.idle) {
+            deadline.as_mut().reset(Instant::now() + idle);
         }
-        polled
+        if let Some(data) = frame.data_ref() {
+            this.seen += data.len() as u64;
+            if let Some(max) = this.limits.max.filter(|&max| this.seen > max) {
+                return Poll::Ready(Some(Err(BodyError::TooLarge(max).into())));
+            }
+        }
+        if let Some(trailers) = frame.trailers_mut() {
+            this.prefix.strip(trailers);
+            trailers.remove(SET_COOKIE);
+        }
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -51,6 +105,18 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Filtered<B> {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The `BodyError` somewhere in an error's chain, if any.
+pub fn body_error(e: &(dyn std::error::Error + 'static)) -> Option<BodyError> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(found) = err.downcast_ref::<BodyError>() {
+            return Some(*found);
+        }
+        current = err.source();
+    }
+    None
 }
 
 /// What the proxy sends upstream.

@@ -2,10 +2,10 @@
 //! upstream (502/504) or the store (503). The browser gets a short generic
 //! plain-text body; the details go to the log.
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 
-use super::body::{ResponseBody, full};
+use super::body::{BodyError, ResponseBody, body_error, full};
 use crate::store;
 
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +14,10 @@ pub enum Error {
     BadRequest(&'static str),
     #[error("method not allowed: {0}")]
     MethodNotAllowed(&'static str),
+    #[error("request body larger than server.max_body_bytes = {0}")]
+    BodyTooLarge(u64),
+    #[error("request body stalled: no data for {0:?} (server.body_read_timeout)")]
+    BodyTimeout(std::time::Duration),
     #[error("upstream unreachable: {0}")]
     Upstream(#[source] hyper_util::client::legacy::Error),
     #[error("upstream did not answer within {0:?}")]
@@ -23,10 +27,29 @@ pub enum Error {
 }
 
 impl Error {
+    /// Classifies a failed upstream exchange: the client's body may be what
+    /// failed it (408, 413), or a connect that timed out (504).
+    pub fn from_client(
+        e: hyper_util::client::legacy::Error,
+        connect_timeout: std::time::Duration,
+    ) -> Error {
+        match body_error(&e) {
+            Some(BodyError::Stalled(d)) => return Error::BodyTimeout(d),
+            Some(BodyError::TooLarge(max)) => return Error::BodyTooLarge(max),
+            None => {}
+        }
+        if e.is_connect() && timed_out(&e) {
+            return Error::UpstreamTimeout(connect_timeout);
+        }
+        Error::Upstream(e)
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::Upstream(_) => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -49,6 +72,25 @@ impl Error {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status.is_client_error() {
+            // The request may be half read: the connection cannot be reused.
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         rsp
     }
+}
+
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || err.to_string().contains("timed out")
+        {
+            return true;
+        }
+        current = err.source();
+    }
+    false
 }

@@ -1,0 +1,82 @@
+//! The proxy's reloadable settings: everything a request reads from the
+//! config, built once per (re)load and swapped atomically on SIGHUP, so a
+//! request sees one consistent version from start to end.
+//!
+//! What cannot change without a restart (listen addresses, TLS, the store
+//! and its expiry policy) is compared on reload and reported, not applied.
+
+use std::sync::Arc;
+
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use ipnet::IpNet;
+
+use super::body::RequestBody;
+use super::head_capture::CapturingConnector;
+use crate::config::{Config, CreateMode, ServerConfig, UpstreamConfig};
+use crate::cookie::{CookieBuilder, Signer};
+use crate::protocol::HeaderPrefix;
+use crate::session::Policy;
+
+pub struct Settings {
+    pub client: Client<CapturingConnector, RequestBody>,
+    pub upstream: UpstreamConfig,
+    pub signer: Signer,
+    pub cookies: CookieBuilder,
+    pub prefix: Arc<HeaderPrefix>,
+    pub create: CreateMode,
+    pub max_operations: usize,
+    pub forward_cookie: bool,
+    pub trusted_proxies: Vec<IpNet>,
+    pub skip_paths: Vec<String>,
+    pub server: ServerConfig,
+}
+
+/// The parts of a config that need a restart to change, in a comparable form.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Fixed(String);
+
+impl Fixed {
+    pub fn of(config: &Config) -> Fixed {
+        Fixed(format!(
+            "listen={:?} admin={:?} tls={:?} store={:?} policy={:?} log={:?}",
+            config.listen,
+            config.admin,
+            config.tls,
+            config.store,
+            Policy::from_config(&config.session),
+            config.log_format
+        ))
+    }
+}
+
+impl Settings {
+    pub fn new(config: Config) -> Settings {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.upstream.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            // The original Host is forwarded, as most apps build URLs from it.
+            .set_host(false)
+            // An upstream may send many operation headers; refusing them is
+            // our job (with a log line), not a parse error's (a 502).
+            .http1_max_headers(8192)
+            .build(CapturingConnector::new(connector));
+        Settings {
+            client,
+            upstream: config.upstream,
+            signer: Signer::new(config.secrets.current, config.secrets.previous),
+            cookies: CookieBuilder::new(config.cookie.clone()),
+            prefix: Arc::new(config.header_prefix),
+            create: config.session.create,
+            max_operations: config.session.max_operations,
+            forward_cookie: config.cookie.forward_to_upstream,
+            trusted_proxies: config.trusted_proxies,
+            skip_paths: config.session.skip_paths,
+            server: config.server,
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Per-connection deadlines that hyper does not keep apart: the time a
+//! request head may take once it has started (slowloris), and the time an
+//! idle keep-alive connection is kept. hyper's own header timer runs from
+//! the moment a connection waits for a head, so it cannot tell the two.
+//!
+//! [`Deadlines`] wraps a connection's stream and knows, through
+//! [`Activity`], whether a request is in flight: then no deadline applies
+//! (the body and upstream timeouts do). Otherwise the connection is either
+//! idle (keep-alive deadline) or receiving a head (head deadline, from its
+//! first byte; a new connection starts there). A passed deadline fails the
+//! read, and hyper closes the connection.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Requests (and upgraded tunnels) in flight on one connection.
+#[derive(Clone, Default)]
+pub struct Activity(Arc<AtomicUsize>);
+
+impl Activity {
+    /// Marks one request in flight until the guard is dropped.
+    pub fn begin(&self) -> Busy {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    fn busy(&self) -> bool {
+        self.0.load(Ordering::Acquire) > 0
+    }
+}
+
+/// A request in flight; dropping it ends it.
+pub struct Busy(Activity);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Head,
+    Busy,
+}
+
+pub struct Deadlines<T> {
+    inner: T,
+    activity: Activity,
+    phase: Phase,
+    sleep: Pin<Box<Sleep>>,
+    head: Duration,
+    keep_alive: Duration,
+}
+
+impl<T> Deadlines<T> {
+    /// A new connection: its first head must arrive within `head`.
+    pub fn new(inner: T, activity: Activity, head: Duration, keep_alive: Duration) -> Self {
+        Deadlines {
+            inner,
+            activity,
+            phase: Phase::Head,
+            sleep: Box::pin(tokio::time::sleep(head)),
+            head,
+            keep_alive,
+        }
+    }
+
+    fn enter(&mut self, phase: Phase) {
+        if self.phase == phase {
+            return;
+        }
+        self.phase = phase;
+        let limit = match phase {
+            Phase::Idle => self.keep_alive,
+            Phase::Head => self.head,
+            Phase::Busy => return,
+        };
+        self.sleep.as_mut().reset(Instant::now() + limit);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Deadlines<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.activity.busy() {
+            self.enter(Phase::Busy);
+        } else if self.phase == Phase::Busy {
+            self.enter(Phase::Idle);
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before && self.phase == Phase::Idle {
+                    self.enter(Phase::Head);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending
+                if self.phase != Phase::Busy && self.sleep.as_mut().poll(cx).is_ready() =>
+            {
+                let what = if self.phase == Phase::Idle {
+                    "keep-alive idle timeout"
+                } else {
+                    "request head timeout"
+                };
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
