@@ -19,5 +19,7 @@ USER 10001
 # The config is read from this path; mount your own over it.
 ENV SESSIONGATE_CONFIG=/etc/sessiongate/sessiongate.toml
 EXPOSE 8080
+# Asks the admin listener (admin.listen, default 127.0.0.1:9090) for /healthz.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 CMD ["/usr/local/bin/sessiongate", "health"]
 ENTRYPOINT ["/usr/local/bin/sessiongate"]
 CMD ["run"]

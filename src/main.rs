@@ -37,6 +37,9 @@ enum Command {
     Run,
     /// Validate the config file and exit: 0 when valid, 64 otherwise.
     Check,
+    /// Ask the running proxy's admin listener whether it is alive (for
+    /// container health checks): exit 0 when `/healthz` answers 200.
+    Health,
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,41 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => run(config),
+        Command::Health => health(&config),
+    }
+}
+
+/// GET /healthz on the admin listener, with a short deadline.
+fn health(config: &Config) -> ExitCode {
+    use std::io::{Read, Write};
+    let Some(mut addr) = config.admin.listen else {
+        eprintln!("sessiongate: admin.listen is \"off\": there is no health endpoint to ask");
+        return ExitCode::FAILURE;
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let timeout = std::time::Duration::from_secs(3);
+    let answer = std::net::TcpStream::connect_timeout(&addr, timeout).and_then(|mut s| {
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(head)
+    });
+    match answer {
+        Ok(head) if head.starts_with(b"HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(head) => {
+            eprintln!(
+                "sessiongate: {addr}/healthz answered {}",
+                String::from_utf8_lossy(&head)
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("sessiongate: cannot reach the admin listener at {addr}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -200,15 +200,24 @@ impl Drop for Proxy {
     }
 }
 
-/// `key=value` from a tracing text line.
-pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+/// A field of a log line: `key=value` in text lines, `fields.key` in JSON ones.
+pub fn field(line: &str, key: &str) -> Option<String> {
+    if line.starts_with('{') {
+        let json: serde_json::Value = serde_json::from_str(line).ok()?;
+        let value = &json["fields"][key];
+        return value
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| (!value.is_null()).then(|| value.to_string()));
+    }
     let start = line.find(&format!(" {key}="))? + key.len() + 2;
     let rest = &line[start..];
     Some(
         rest.split_whitespace()
             .next()
             .unwrap_or(rest)
-            .trim_matches('"'),
+            .trim_matches('"')
+            .to_owned(),
     )
 }
 

@@ -223,7 +223,8 @@ async fn serve(
 }
 
 /// An upstream that writes the handler's bytes verbatim as the response, so
-/// tests control header order, framing and malformed responses. Requests are
+/// tests control header order, framing and malformed responses. After a
+/// `101` response it echoes every byte it receives (a stand-in WebSocket). Requests are
 /// read with `Content-Length` framing only; keep-alive until the client closes.
 pub fn raw(handler: impl Fn(&Recorded) -> Vec<u8> + Send + Sync + 'static) -> Upstream {
     use std::io::{Read, Write};
@@ -246,6 +247,17 @@ pub fn raw(handler: impl Fn(&Recorded) -> Vec<u8> + Send + Sync + 'static) -> Up
                     let bytes = handler(&recorded);
                     sink.lock().unwrap().push(recorded);
                     if stream.write_all(&bytes).is_err() {
+                        return;
+                    }
+                    if bytes.starts_with(b"HTTP/1.1 101") {
+                        // Switched protocols: echo every byte back until EOF.
+                        let mut chunk = [0u8; 8192];
+                        stream.write_all(&buf).ok();
+                        while let Ok(n) = stream.read(&mut chunk) {
+                            if n == 0 || stream.write_all(&chunk[..n]).is_err() {
+                                return;
+                            }
+                        }
                         return;
                     }
                 }
