@@ -12,9 +12,9 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -22,17 +22,32 @@ use tokio::time::{Instant, Sleep};
 
 /// Requests (and upgraded tunnels) in flight on one connection.
 #[derive(Clone, Default)]
-pub struct Activity(Arc<AtomicUsize>);
+pub struct Activity(Arc<ActivityState>);
+
+#[derive(Default)]
+struct ActivityState {
+    in_flight: AtomicUsize,
+    /// The connection's reader, woken when the last request ends so that
+    /// its idle deadline starts even if it is not polled otherwise.
+    reader: Mutex<Option<Waker>>,
+}
 
 impl Activity {
     /// Marks one request in flight until the guard is dropped.
     pub fn begin(&self) -> Busy {
-        self.0.fetch_add(1, Ordering::AcqRel);
+        self.0.in_flight.fetch_add(1, Ordering::AcqRel);
         Busy(self.clone())
     }
 
     fn busy(&self) -> bool {
-        self.0.load(Ordering::Acquire) > 0
+        self.0.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    fn wake_reader_when_idle(&self, waker: &Waker) {
+        let mut reader = self.0.reader.lock().unwrap_or_else(|e| e.into_inner());
+        if !reader.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *reader = Some(waker.clone());
+        }
     }
 }
 
@@ -41,7 +56,18 @@ pub struct Busy(Activity);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.0.fetch_sub(1, Ordering::AcqRel);
+        if self.0.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let reader = self
+                .0
+                .0
+                .reader
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(waker) = reader {
+                waker.wake();
+            }
+        }
     }
 }
 
@@ -96,6 +122,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Deadlines<T> {
     ) -> Poll<io::Result<()>> {
         if self.activity.busy() {
             self.enter(Phase::Busy);
+            self.activity.wake_reader_when_idle(cx.waker());
         } else if self.phase == Phase::Busy {
             self.enter(Phase::Idle);
         }

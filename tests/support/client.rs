@@ -73,6 +73,19 @@ impl Conn {
         }
     }
 
+    pub fn from_stream(stream: TcpStream) -> Conn {
+        Conn {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .unwrap();
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.reader
             .get_mut()
