@@ -14,6 +14,7 @@ mod body;
 mod caching;
 mod error;
 mod forwarded;
+mod framing;
 mod head_capture;
 mod hop;
 pub mod path;
@@ -28,6 +29,7 @@ use http::header::{CONTENT_LENGTH, HOST, HeaderMap, HeaderValue, SET_COOKIE};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::capture_connection;
 use tracing::{debug, warn};
 
 pub use body::{BoxError, ResponseBody};
@@ -164,6 +166,12 @@ impl<S: Store> Proxy<S> {
         if req.method() == Method::CONNECT {
             return Err(Error::MethodNotAllowed("CONNECT is not proxied"));
         }
+        framing::check_request(req.headers()).map_err(Error::Framing)?;
+        if let Some(head) = down.activity.take_head()
+            && req.version() <= Version::HTTP_11
+        {
+            framing::check_raw_request(&head).map_err(Error::Framing)?;
+        }
         if let Some(max) = s.server.max_body_bytes
             && content_length(req.headers()).is_some_and(|len| len > max)
         {
@@ -187,7 +195,16 @@ impl<S: Store> Proxy<S> {
             max: s.server.max_body_bytes,
         };
         let req = Request::from_parts(parts, Filtered::new(body, s.prefix.clone(), limits));
+        let mut req = req;
+        let connection = capture_connection(&mut req);
         let mut rsp = self.send(s, req).await?;
+        if let Err(refused) = framing::check_response(rsp.headers()) {
+            // The bytes after such a response cannot be trusted: never reuse it.
+            if let Some(connected) = connection.connection_metadata().as_ref() {
+                connected.poison();
+            }
+            return Err(Error::UpstreamFraming(refused));
+        }
         let upstream_upgrade = (websocket && rsp.status() == StatusCode::SWITCHING_PROTOCOLS)
             .then(|| hyper::upgrade::on(&mut rsp));
         let mut rsp = self.respond(s, rsp, session, label).await?;
@@ -320,6 +337,7 @@ impl<S: Store> Proxy<S> {
     ) -> Result<Response<ResponseBody>, Error> {
         let (mut parts, body) = rsp.into_parts();
         hop::strip(&mut parts.headers);
+        strip_trailer_announcements(s, &mut parts.headers);
         let capture = parts.extensions.get::<HeadCapture>().cloned();
         let parsed = take_operations(s, &mut parts.headers, capture);
         remove_session_set_cookies(s, &mut parts.headers);
@@ -475,6 +493,26 @@ fn take_operations(s: &Settings, headers: &mut HeaderMap, capture: Option<HeadCa
         }
         None => protocol::take_operations(&s.prefix, headers, s.max_operations),
     }
+}
+
+/// `Trailer` announces trailer fields; ours and `Set-Cookie` are removed
+/// from trailers, so they are removed from the announcement too.
+fn strip_trailer_announcements(s: &Settings, headers: &mut HeaderMap) {
+    let Some(value) = headers
+        .get(http::header::TRAILER)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
+    let kept: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && !s.prefix.matches(n) && !n.eq_ignore_ascii_case("set-cookie"))
+        .collect();
+    match HeaderValue::try_from(kept.join(", ")) {
+        Ok(v) if !kept.is_empty() => headers.insert(http::header::TRAILER, v),
+        _ => headers.remove(http::header::TRAILER),
+    };
 }
 
 /// The upstream may not set the session cookie itself.

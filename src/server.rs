@@ -3,6 +3,7 @@
 //! expiry sweep, SIGHUP reloads, and graceful shutdown.
 
 pub mod deadline;
+mod head_tap;
 mod tls;
 
 use std::convert::Infallible;
@@ -31,6 +32,11 @@ use crate::store::disk::{DiskOptions, DiskStore};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisOptions, RedisStore};
 use deadline::{Activity, Busy, Deadlines};
+use head_tap::HeadTap;
+
+/// A connection's byte stream, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// Binds `config.listen` (and the admin address) and serves until
 /// `shutdown` completes.
@@ -185,6 +191,7 @@ async fn accept_loop<S: Store>(
             server.header_read_timeout,
             server.keep_alive_timeout,
         );
+        let tap = activity.clone();
         let down = Downstream {
             peer,
             tls: acceptor.is_some(),
@@ -208,34 +215,26 @@ async fn accept_loop<S: Store>(
                     )
                 }
             });
-            let served = match acceptor {
-                None => {
-                    watcher
-                        .watch(
-                            builder
-                                .serve_connection_with_upgrades(TokioIo::new(io), service)
-                                .into_owned(),
-                        )
-                        .await
-                }
+            let io: Box<dyn Io> = match acceptor {
+                None => Box::new(io),
                 Some(acceptor) => {
                     match tokio::time::timeout(server.header_read_timeout, acceptor.accept(io))
                         .await
                     {
-                        Ok(Ok(tls)) => {
-                            watcher
-                                .watch(
-                                    builder
-                                        .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                                        .into_owned(),
-                                )
-                                .await
-                        }
+                        Ok(Ok(tls)) => Box::new(tls),
                         Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => return debug!(%peer, "TLS handshake timed out"),
                     }
                 }
             };
+            let io = HeadTap::new(io, tap, server.max_header_bytes);
+            let served = watcher
+                .watch(
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(io), service)
+                        .into_owned(),
+                )
+                .await;
             if let Err(e) = served {
                 debug!(%peer, error = %e, "connection ended with an error");
             }

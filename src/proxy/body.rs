@@ -19,12 +19,15 @@ use crate::protocol::HeaderPrefix;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a body stream was cut.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BodyError {
     #[error("no body data for {0:?}")]
     Stalled(Duration),
     #[error("body larger than {0} bytes")]
     TooLarge(u64),
+    /// The sender's own stream broke (bad chunked framing, a cut connection).
+    #[error("body stream broken: {0}")]
+    Broken(String),
 }
 
 /// What a body may do: wait at most `idle` for each frame, carry at most `max` bytes.
@@ -79,7 +82,10 @@ where
                 return Poll::Pending;
             }
             Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                let e: BoxError = e.into();
+                return Poll::Ready(Some(Err(BodyError::Broken(e.to_string()).into())));
+            }
             Poll::Ready(Some(Ok(frame))) => frame,
         };
         if let (Some(deadline), Some(idle)) = (this.deadline.as_mut(), this.limits.idle) {
@@ -112,7 +118,7 @@ pub fn body_error(e: &(dyn std::error::Error + 'static)) -> Option<BodyError> {
     let mut current = Some(e);
     while let Some(err) = current {
         if let Some(found) = err.downcast_ref::<BodyError>() {
-            return Some(*found);
+            return Some(found.clone());
         }
         current = err.source();
     }

@@ -14,10 +14,16 @@ pub enum Error {
     BadRequest(&'static str),
     #[error("method not allowed: {0}")]
     MethodNotAllowed(&'static str),
+    #[error("request framing refused: {0}")]
+    Framing(#[source] super::framing::Refused),
+    #[error("upstream response framing refused: {0}")]
+    UpstreamFraming(#[source] super::framing::Refused),
     #[error("request body larger than server.max_body_bytes = {0}")]
     BodyTooLarge(u64),
     #[error("request body stalled: no data for {0:?} (server.body_read_timeout)")]
     BodyTimeout(std::time::Duration),
+    #[error("request body malformed or cut: {0}")]
+    BodyBroken(String),
     #[error("upstream unreachable: {0}")]
     Upstream(#[source] hyper_util::client::legacy::Error),
     #[error("upstream did not answer within {0:?}")]
@@ -36,6 +42,7 @@ impl Error {
         match body_error(&e) {
             Some(BodyError::Stalled(d)) => return Error::BodyTimeout(d),
             Some(BodyError::TooLarge(max)) => return Error::BodyTooLarge(max),
+            Some(BodyError::Broken(why)) => return Error::BodyBroken(why),
             None => {}
         }
         if e.is_connect() && timed_out(&e) {
@@ -46,11 +53,13 @@ impl Error {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::BadRequest(_) | Error::Framing(_) | Error::BodyBroken(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Error::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Error::Upstream(_) | Error::UpstreamFraming(_) => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -63,7 +63,10 @@ impl Settings {
             .set_host(false)
             // An upstream may send many operation headers; refusing them is
             // our job (with a log line), not a parse error's (a 502).
-            .http1_max_headers(8192)
+            .http1_max_headers(65_536)
+            // Large operation values are refused by session.max_bytes with
+            // a log line; only heads beyond this are a parse error (502).
+            .http1_max_buf_size(4 << 20)
             .build(CapturingConnector::new(connector));
         Settings {
             client,

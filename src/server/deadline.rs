@@ -30,6 +30,8 @@ struct ActivityState {
     /// The connection's reader, woken when the last request ends so that
     /// its idle deadline starts even if it is not polled otherwise.
     reader: Mutex<Option<Waker>>,
+    /// The raw head of the request about to be handled (see `head_tap`).
+    head: Mutex<Option<Vec<u8>>>,
 }
 
 impl Activity {
@@ -39,7 +41,16 @@ impl Activity {
         Busy(self.clone())
     }
 
-    fn busy(&self) -> bool {
+    /// Takes the raw head copied for the request being handled, if any.
+    pub fn take_head(&self) -> Option<Vec<u8>> {
+        self.0.head.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    pub(super) fn set_head(&self, head: Vec<u8>) {
+        *self.0.head.lock().unwrap_or_else(|e| e.into_inner()) = Some(head);
+    }
+
+    pub(super) fn busy(&self) -> bool {
         self.0.in_flight.load(Ordering::Acquire) > 0
     }
 

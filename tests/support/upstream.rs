@@ -21,6 +21,8 @@ pub struct Recorded {
     /// Lower-case names, in the order received.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Request trailers, lower-case names.
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Recorded {
@@ -101,6 +103,8 @@ pub type Handler = Arc<dyn Fn(&Recorded) -> Response + Send + Sync>;
 /// A running upstream; stops when dropped.
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// Connections accepted (the raw upstream counts them).
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     recorded: Arc<Mutex<Vec<Recorded>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -147,6 +151,7 @@ impl Upstream {
         });
         Upstream {
             addr,
+            connections: Arc::default(),
             recorded,
             stop: Some(stop),
         }
@@ -182,11 +187,22 @@ async fn serve(
     sink: Arc<Mutex<Vec<Recorded>>>,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes().to_vec())
+    let collected = body.collect().await.ok();
+    let trailers = collected
+        .as_ref()
+        .and_then(|c| c.trailers())
+        .map(|t| {
+            t.iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect()
+        })
         .unwrap_or_default();
+    let body = collected.map(|c| c.to_bytes().to_vec()).unwrap_or_default();
     let recorded = Recorded {
         method: parts.method.to_string(),
         target: parts
@@ -205,6 +221,7 @@ async fn serve(
             })
             .collect(),
         body,
+        trailers,
     };
     let spec = handler(&recorded);
     sink.lock().unwrap().push(recorded);
@@ -233,9 +250,12 @@ pub fn raw(handler: impl Fn(&Recorded) -> Vec<u8> + Send + Sync + 'static) -> Up
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let sink = recorded.clone();
+    let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+    let counter = connections.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let handler = handler.clone();
             let sink = sink.clone();
             std::thread::spawn(move || {
@@ -304,11 +324,13 @@ pub fn raw(handler: impl Fn(&Recorded) -> Vec<u8> + Send + Sync + 'static) -> Up
                 })
                 .collect(),
             body: vec![],
+            trailers: vec![],
         };
         Some((end, recorded))
     }
     Upstream {
         addr,
+        connections,
         recorded,
         stop: None,
     }

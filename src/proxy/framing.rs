@@ -1,0 +1,137 @@
+//! Message framing checks against request smuggling (RFC 9112 section 6).
+//!
+//! hyper parses framing strictly in most cases, but it accepts some
+//! requests that a proxy must refuse because the next hop could read them
+//! differently: both `Transfer-Encoding` and `Content-Length`, repeated or
+//! stacked `chunked`, codings other than `chunked`, and several `Host`
+//! headers (RFC 9112 section 3.2). Such requests get 400 and the connection
+//! is closed; nothing reaches the upstream. Upstream responses with both
+//! framing headers are refused (502) and their connection is not reused.
+
+use http::HeaderMap;
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+
+/// Why a message's framing is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("both Transfer-Encoding and Content-Length")]
+    Conflicting,
+    #[error("Transfer-Encoding other than a single `chunked`")]
+    Coding,
+    #[error("more than one Host header")]
+    Hosts,
+}
+
+/// Checks a request's framing headers.
+pub fn check_request(headers: &HeaderMap) -> Result<(), Refused> {
+    if headers.get_all(HOST).iter().count() > 1 {
+        return Err(Refused::Hosts);
+    }
+    check_message(headers)
+}
+
+/// Checks the framing headers of a request head as it arrived on the wire
+/// (hyper hides a `Content-Length` sent with `Transfer-Encoding`). A head
+/// that does not parse here is left to hyper, which parsed it already.
+pub fn check_raw_request(head: &[u8]) -> Result<(), Refused> {
+    let count = head.windows(2).filter(|w| w == b"\r\n").count().max(1);
+    let mut parsed = vec![httparse::EMPTY_HEADER; count];
+    let mut req = httparse::Request::new(&mut parsed);
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        return Ok(());
+    }
+    let has = |name: &str| {
+        req.headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case(name))
+    };
+    if has("transfer-encoding") && has("content-length") {
+        return Err(Refused::Conflicting);
+    }
+    Ok(())
+}
+
+/// Checks a response's framing headers.
+pub fn check_response(headers: &HeaderMap) -> Result<(), Refused> {
+    check_message(headers)
+}
+
+fn check_message(headers: &HeaderMap) -> Result<(), Refused> {
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter();
+    let Some(first) = codings.next() else {
+        return Ok(());
+    };
+    if headers.contains_key(CONTENT_LENGTH) {
+        return Err(Refused::Conflicting);
+    }
+    let single_chunked = first
+        .to_str()
+        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
+    if !single_chunked || codings.next().is_some() {
+        return Err(Refused::Coding);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(lines: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in lines {
+            h.append(*n, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn the_raw_head_reveals_what_hyper_hides() {
+        let cl_te = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(check_raw_request(cl_te), Err(Refused::Conflicting));
+        assert_eq!(
+            check_raw_request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Ok(())
+        );
+        assert_eq!(check_raw_request(b"PRI * HTTP/2.0\r\n\r\n"), Ok(()));
+    }
+
+    #[test]
+    fn only_one_plain_framing_is_accepted() {
+        assert_eq!(
+            check_request(&headers(&[("host", "a"), ("content-length", "3")])),
+            Ok(())
+        );
+        assert_eq!(
+            check_request(&headers(&[("transfer-encoding", "Chunked ")])),
+            Ok(())
+        );
+        let refused = [
+            (
+                vec![("transfer-encoding", "chunked"), ("content-length", "3")],
+                Refused::Conflicting,
+            ),
+            (
+                vec![("transfer-encoding", "chunked, chunked")],
+                Refused::Coding,
+            ),
+            (
+                vec![
+                    ("transfer-encoding", "chunked"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                Refused::Coding,
+            ),
+            (
+                vec![("transfer-encoding", "gzip, chunked")],
+                Refused::Coding,
+            ),
+            (vec![("transfer-encoding", "identity")], Refused::Coding),
+            (vec![("host", "a"), ("host", "b")], Refused::Hosts),
+        ];
+        for (lines, why) in refused {
+            assert_eq!(check_request(&headers(&lines)), Err(why), "{lines:?}");
+        }
+    }
+}

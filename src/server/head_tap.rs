@@ -1,0 +1,111 @@
+//! A copy of each HTTP/1 request head as it arrived on the wire, for the
+//! framing checks hyper cannot do for us: hyper drops a `Content-Length`
+//! that comes with `Transfer-Encoding` before the service sees the request,
+//! so a CL.TE or TE.CL message looks clean afterwards.
+//!
+//! The tap sits above TLS (it sees plaintext) and copies bytes only while a
+//! head is arriving after the connection was idle; the proxy takes the copy
+//! when it handles that request. A request pipelined behind another is not
+//! copied; the proxy re-frames every body itself, so such a request cannot
+//! desynchronise the upstream, it only escapes the stricter refusal.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::deadline::Activity;
+
+pub struct HeadTap<T> {
+    inner: T,
+    activity: Activity,
+    /// Copying a head; `None` while a request is in flight or done.
+    copy: Option<Vec<u8>>,
+    was_busy: bool,
+    max: usize,
+}
+
+impl<T> HeadTap<T> {
+    pub fn new(inner: T, activity: Activity, max_head_bytes: usize) -> Self {
+        HeadTap {
+            inner,
+            activity,
+            copy: Some(Vec::new()),
+            was_busy: false,
+            max: max_head_bytes,
+        }
+    }
+
+    fn tap(&mut self, bytes: &[u8]) {
+        let Some(copy) = self.copy.as_mut() else {
+            return;
+        };
+        if bytes.is_empty() {
+            return;
+        }
+        let start = copy.len().saturating_sub(3);
+        copy.extend_from_slice(bytes);
+        if let Some(end) = copy[start..].windows(4).position(|w| w == b"\r\n\r\n") {
+            copy.truncate(start + end + 4);
+            let head = self.copy.take().unwrap_or_default();
+            self.activity.set_head(head);
+        } else if copy.len() > self.max {
+            // hyper refuses such a head itself (431).
+            self.copy = None;
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for HeadTap<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let busy = self.activity.busy();
+        if self.was_busy && !busy {
+            // The last request ended: the next bytes start a new head.
+            self.copy = Some(Vec::new());
+        }
+        self.was_busy = busy;
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled
+            && self.copy.is_some()
+        {
+            self.tap(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for HeadTap<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
