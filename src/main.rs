@@ -97,6 +97,17 @@ fn health(config: &Config) -> ExitCode {
 
 fn run(config: Config) -> ExitCode {
     init_tracing(config.log_format);
+    // Each connection is a file descriptor; the default soft limit (often
+    // 1024) would cap connections far below server.max_connections.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if (limit as usize) < config.server.max_connections + 64 => tracing::warn!(
+            limit,
+            max_connections = config.server.max_connections,
+            "the open-files limit is below server.max_connections; raise it (ulimit -n) or lower the setting"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -541,7 +541,7 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, KeyError> {
             format!("{max_header_bytes}: expected 8192 to 1048576 (hyper needs at least 8192)"),
         ));
     }
-    let max_connections = raw.max_connections.unwrap_or(25_000);
+    let max_connections = raw.max_connections.unwrap_or(10_000);
     if max_connections == 0 {
         return Err(key_error("server.max_connections", "must be at least 1"));
     }
