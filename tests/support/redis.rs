@@ -10,6 +10,8 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Append-only file fsynced on every write: acknowledged writes survive kill -9.
+    durable: bool,
 }
 
 fn free_port() -> u16 {
@@ -22,10 +24,20 @@ fn free_port() -> u16 {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        Self::start_with(false)
+    }
+
+    /// A server whose acknowledged writes survive kill -9 (AOF, fsync always).
+    pub fn start_durable() -> RedisServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
+            durable,
         };
         server.restart();
         server
@@ -39,7 +51,8 @@ impl RedisServer {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(if self.durable { ["--appendonly", "yes", "--appendfsync", "always"] } else { ["--appendonly", "no", "--appendfsync", "no"] })
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -132,6 +145,7 @@ impl RedisCluster {
                 child: None,
                 port: *port,
                 dir: tempfile::tempdir().unwrap(),
+                durable: false,
             };
             assert!(poll(Duration::from_secs(10), || probe.ping().then_some(())).is_some());
         }

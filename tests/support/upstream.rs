@@ -59,6 +59,26 @@ impl Recorded {
     }
 }
 
+/// The requests an upstream received: a total, and the most recent ones
+/// (bounded, so long soaks do not grow the test process).
+#[derive(Default)]
+pub struct Log {
+    total: usize,
+    recent: std::collections::VecDeque<Recorded>,
+}
+
+impl Log {
+    const KEEP: usize = 10_000;
+
+    fn push(&mut self, r: Recorded) {
+        self.total += 1;
+        if self.recent.len() == Self::KEEP {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(r);
+    }
+}
+
 /// What the upstream answers.
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -105,8 +125,9 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// Connections accepted (the raw upstream counts them).
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
-    recorded: Arc<Mutex<Vec<Recorded>>>,
+    recorded: Arc<Mutex<Log>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Upstream {
@@ -116,14 +137,22 @@ impl Upstream {
     }
 
     pub fn start(handler: impl Fn(&Recorded) -> Response + Send + Sync + 'static) -> Upstream {
+        Upstream::start_on("127.0.0.1:0".parse().unwrap(), handler)
+    }
+
+    /// Starts on a given address (to come back on the same port after a stop).
+    pub fn start_on(
+        addr: SocketAddr,
+        handler: impl Fn(&Recorded) -> Response + Send + Sync + 'static,
+    ) -> Upstream {
         let handler: Handler = Arc::new(handler);
-        let recorded = Arc::new(Mutex::new(Vec::new()));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let recorded = Arc::new(Mutex::new(Log::default()));
+        let listener = std::net::TcpListener::bind(addr).unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let sink = recorded.clone();
-        std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -154,12 +183,19 @@ impl Upstream {
             connections: Arc::default(),
             recorded,
             stop: Some(stop),
+            thread: Some(thread),
         }
     }
 
     /// Every request received so far.
     pub fn requests(&self) -> Vec<Recorded> {
-        self.recorded.lock().unwrap().clone()
+        self.recorded
+            .lock()
+            .unwrap()
+            .recent
+            .iter()
+            .cloned()
+            .collect()
     }
 
     pub fn last(&self) -> Recorded {
@@ -169,7 +205,7 @@ impl Upstream {
     }
 
     pub fn count(&self) -> usize {
-        self.recorded.lock().unwrap().len()
+        self.recorded.lock().unwrap().total
     }
 }
 
@@ -178,13 +214,17 @@ impl Drop for Upstream {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        // The listener is closed when this returns, so the port can be reused.
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
 async fn serve(
     req: hyper::Request<hyper::body::Incoming>,
     handler: Handler,
-    sink: Arc<Mutex<Vec<Recorded>>>,
+    sink: Arc<Mutex<Log>>,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let collected = body.collect().await.ok();
@@ -246,7 +286,7 @@ async fn serve(
 pub fn raw(handler: impl Fn(&Recorded) -> Vec<u8> + Send + Sync + 'static) -> Upstream {
     use std::io::{Read, Write};
     let handler = Arc::new(handler);
-    let recorded = Arc::new(Mutex::new(Vec::new()));
+    let recorded = Arc::new(Mutex::new(Log::default()));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let sink = recorded.clone();
@@ -333,5 +373,6 @@ pub fn raw(handler: impl Fn(&Recorded) -> Vec<u8> + Send + Sync + 'static) -> Up
         connections,
         recorded,
         stop: None,
+        thread: None,
     }
 }
