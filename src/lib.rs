@@ -23,6 +23,8 @@
 pub mod admin;
 pub mod config;
 pub mod cookie;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;

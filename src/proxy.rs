@@ -41,7 +41,7 @@ use settings::{Fixed, Settings};
 use crate::config::Config;
 use crate::cookie::{self, SignedWith};
 use crate::metrics::Metrics;
-use crate::protocol::{self, Parsed};
+use crate::protocol::{self, HeaderPrefix, Parsed};
 use crate::server::deadline::Activity;
 use crate::session::{self, CookieAction, CookieFacts, Id, Policy, now_ms};
 use crate::store::{ApplyError, Lookup, Outcome, Store, Target};
@@ -274,14 +274,8 @@ impl<S: Store> Proxy<S> {
             .uri
             .authority()
             .and_then(|a| HeaderValue::try_from(a.as_str()).ok());
-        hop::strip(&mut parts.headers);
-        s.prefix.strip(&mut parts.headers);
-        if s.server.drop_underscore_headers {
-            drop_underscore_headers(&mut parts.headers);
-        }
-        if !s.forward_cookie {
-            cookie::remove_from_request(&mut parts.headers, s.cookies.name());
-        }
+        let cookie = (!s.forward_cookie).then(|| s.cookies.name());
+        strip_inbound(&mut parts.headers, &s.prefix, cookie, s.server.drop_underscore_headers);
         let proto = if down.tls { "https" } else { "http" };
         forwarded::set(
             &mut parts.headers,
@@ -445,6 +439,21 @@ impl<S: Store> Proxy<S> {
             }
             Err(ApplyError::Store(e)) => Err(Error::Store(e)),
         }
+    }
+}
+
+/// Removes from a browser's request everything that must not reach the
+/// upstream: hop-by-hop headers, every header of ours in any spelling,
+/// underscore headers if asked, and the session cookie if named. Strip,
+/// then inject: the proxy adds its own headers after this.
+pub fn strip_inbound(headers: &mut HeaderMap, prefix: &HeaderPrefix, session_cookie: Option<&str>, drop_underscores: bool) {
+    hop::strip(headers);
+    prefix.strip(headers);
+    if drop_underscores {
+        drop_underscore_headers(headers);
+    }
+    if let Some(name) = session_cookie {
+        cookie::remove_from_request(headers, name);
     }
 }
 

@@ -30,9 +30,11 @@ impl<'de> Deserialize<'de> for RawDuration {
             Seconds(u64),
             Text(String),
         }
-        let accepted = "expected integer seconds or a string such as \"90s\", \"30m\", \"14d\"";
+        let accepted = "expected integer seconds or a string such as \"90s\", \"30m\", \"14d\", at most 3650d";
         match Form::deserialize(d).map_err(|_| serde::de::Error::custom(accepted))? {
-            Form::Seconds(s) => Ok(RawDuration(Duration::from_secs(s))),
+            Form::Seconds(s) => parse_duration(&s.to_string())
+                .map(RawDuration)
+                .ok_or_else(|| serde::de::Error::custom(format!("{s}: {accepted}"))),
             Form::Text(t) => parse_duration(&t)
                 .map(RawDuration)
                 .ok_or_else(|| serde::de::Error::custom(format!("`{t}`: {accepted}"))),
@@ -40,12 +42,17 @@ impl<'de> Deserialize<'de> for RawDuration {
     }
 }
 
+/// Longest accepted duration: deadlines are added to clocks, and ten years
+/// is beyond any session or timeout anyone means.
+const MAX_DURATION: Duration = Duration::from_secs(3650 * 24 * 3600);
+
 fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
-    if let Ok(seconds) = text.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    humantime::parse_duration(text).ok()
+    let d = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(text).ok()?,
+    };
+    (d <= MAX_DURATION).then_some(d)
 }
 
 #[derive(Deserialize, Default)]
