@@ -169,6 +169,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Drop request headers with `_` in their name (nginx's default).
     pub drop_underscore_headers: bool,
+    /// Runtime worker threads (the binary's tokio runtime).
+    pub workers: usize,
 }
 
 /// TLS for browsers (HTTP/1.1 and HTTP/2 by ALPN).

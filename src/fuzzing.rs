@@ -16,18 +16,26 @@ use crate::session;
 static SIGNER: LazyLock<Signer> = LazyLock::new(|| {
     Signer::new(
         SecretKey::new(b"fuzzing-secret-0123456789abcdef-0123456789".to_vec()),
-        vec![SecretKey::new(b"fuzzing-previous-0123456789abcdef-0123456789".to_vec())],
+        vec![SecretKey::new(
+            b"fuzzing-previous-0123456789abcdef-0123456789".to_vec(),
+        )],
     )
 });
 
 /// Cookie verification: never panics, and whatever verifies re-signs to
 /// exactly the same value (so no two texts name the same signed session).
 pub fn cookie(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Some(v) = SIGNER.verify(text)
         && v.signed_with == crate::cookie::SignedWith::Current
     {
-        assert_eq!(SIGNER.sign(&v.id, v.issued_ms), text, "a verified cookie re-signs identically");
+        assert_eq!(
+            SIGNER.sign(&v.id, v.issued_ms),
+            text,
+            "a verified cookie re-signs identically"
+        );
     }
 }
 
@@ -49,12 +57,19 @@ fn header_lines(data: &[u8]) -> Vec<(HeaderName, HeaderValue)> {
 pub fn operations(data: &[u8]) {
     let prefix = HeaderPrefix::default();
     let lines = header_lines(data);
-    let parsed = protocol::parse_operations(&prefix, lines.iter().map(|(n, v)| (n.as_str(), v.as_bytes())), 64);
+    let parsed = protocol::parse_operations(
+        &prefix,
+        lines.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+        64,
+    );
     if let Ok(changes) = parsed
         && let Ok(Some(encoded)) = session::next_data(Some(br#"{"a":1}"#), &changes, 1 << 20)
     {
         assert!(encoded.is_ascii());
-        assert!(HeaderValue::from_bytes(&encoded).is_ok(), "the session is a valid header value");
+        assert!(
+            HeaderValue::from_bytes(&encoded).is_ok(),
+            "the session is a valid header value"
+        );
     }
 }
 
@@ -72,12 +87,18 @@ pub fn strip(data: &[u8]) {
         assert!(!name.as_str().contains('_'));
         assert!(name != http::header::CONNECTION && name != http::header::TRANSFER_ENCODING);
     }
-    assert!(crate::cookie::request_values(&headers, "sessionid").next().is_none());
+    assert!(
+        crate::cookie::request_values(&headers, "sessionid")
+            .next()
+            .is_none()
+    );
 }
 
 /// Config parsing: never panics on any text.
 pub fn config(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     // Keys that read files are removed: the fuzzer must not make the parser
     // read devices or huge files. Everything else is parsed as given.
     let text = match text.parse::<toml::Table>() {

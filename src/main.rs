@@ -109,6 +109,7 @@ fn run(config: Config) -> ExitCode {
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.workers)
         .enable_all()
         .build()
         .expect("the tokio runtime starts");

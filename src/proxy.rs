@@ -122,7 +122,7 @@ impl<S: Store> Proxy<S> {
     pub fn reload(&self, config: Config) -> Result<(), String> {
         if Fixed::of(&config) != self.fixed {
             return Err(
-                "listen, admin.listen, tls, [store] and the session timeouts and caps need a restart; \
+                "listen, admin.listen, server.workers, tls, [store] and the session timeouts and caps need a restart; \
                  the config was not applied"
                     .to_owned(),
             );
@@ -275,7 +275,12 @@ impl<S: Store> Proxy<S> {
             .authority()
             .and_then(|a| HeaderValue::try_from(a.as_str()).ok());
         let cookie = (!s.forward_cookie).then(|| s.cookies.name());
-        strip_inbound(&mut parts.headers, &s.prefix, cookie, s.server.drop_underscore_headers);
+        strip_inbound(
+            &mut parts.headers,
+            &s.prefix,
+            cookie,
+            s.server.drop_underscore_headers,
+        );
         let proto = if down.tls { "https" } else { "http" };
         forwarded::set(
             &mut parts.headers,
@@ -446,7 +451,12 @@ impl<S: Store> Proxy<S> {
 /// upstream: hop-by-hop headers, every header of ours in any spelling,
 /// underscore headers if asked, and the session cookie if named. Strip,
 /// then inject: the proxy adds its own headers after this.
-pub fn strip_inbound(headers: &mut HeaderMap, prefix: &HeaderPrefix, session_cookie: Option<&str>, drop_underscores: bool) {
+pub fn strip_inbound(
+    headers: &mut HeaderMap,
+    prefix: &HeaderPrefix,
+    session_cookie: Option<&str>,
+    drop_underscores: bool,
+) {
     hop::strip(headers);
     prefix.strip(headers);
     if drop_underscores {

@@ -74,6 +74,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("server", "max_body_bytes", Kind::Integer),
     ("server", "max_connections", Kind::Integer),
     ("server", "drop_underscore_headers", Kind::Bool),
+    ("server", "workers", Kind::Integer),
     ("tls", "cert", Kind::Text),
     ("tls", "key", Kind::Text),
     ("admin", "listen", Kind::Text),

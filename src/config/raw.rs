@@ -30,7 +30,8 @@ impl<'de> Deserialize<'de> for RawDuration {
             Seconds(u64),
             Text(String),
         }
-        let accepted = "expected integer seconds or a string such as \"90s\", \"30m\", \"14d\", at most 3650d";
+        let accepted =
+            "expected integer seconds or a string such as \"90s\", \"30m\", \"14d\", at most 3650d";
         match Form::deserialize(d).map_err(|_| serde::de::Error::custom(accepted))? {
             Form::Seconds(s) => parse_duration(&s.to_string())
                 .map(RawDuration)
@@ -141,6 +142,7 @@ struct RawServer {
     max_body_bytes: Option<u64>,
     max_connections: Option<usize>,
     drop_underscore_headers: Option<bool>,
+    workers: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -573,6 +575,16 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, KeyError> {
         max_body_bytes: raw.max_body_bytes,
         max_connections,
         drop_underscore_headers: raw.drop_underscore_headers.unwrap_or(true),
+        workers: match raw.workers {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(n @ 1..=1024) => n,
+            Some(n) => {
+                return Err(key_error(
+                    "server.workers",
+                    format!("{n}: expected 1 to 1024"),
+                ));
+            }
+        },
     })
 }
 

@@ -40,8 +40,9 @@ pub struct Fixed(String);
 impl Fixed {
     pub fn of(config: &Config) -> Fixed {
         Fixed(format!(
-            "listen={:?} admin={:?} tls={:?} store={:?} policy={:?} log={:?}",
+            "listen={:?} workers={} admin={:?} tls={:?} store={:?} policy={:?} log={:?}",
             config.listen,
+            config.server.workers,
             config.admin,
             config.tls,
             config.store,
