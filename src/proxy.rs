@@ -80,7 +80,8 @@ struct After {
 /// Method and path of a request, for log lines (no query: it may hold secrets).
 struct Label {
     method: Method,
-    path: String,
+    /// Cheap to clone (shared bytes); only the path is ever logged.
+    uri: Uri,
 }
 
 pub struct Proxy<S> {
@@ -140,12 +141,12 @@ impl<S: Store> Proxy<S> {
         let settings = self.settings();
         let label = Label {
             method: req.method().clone(),
-            path: req.uri().path().to_owned(),
+            uri: req.uri().clone(),
         };
         let rsp = match self.proxy(&settings, req, down, &label).await {
             Ok(rsp) => rsp,
             Err(e) => {
-                warn!(method = %label.method, path = %label.path, status = e.status().as_u16(), error = %e, "request failed");
+                warn!(method = %label.method, path = %label.uri.path(), status = e.status().as_u16(), error = %e, "request failed");
                 if let Error::Store(_) = e {
                     self.metrics.store_errors.inc();
                 }
@@ -397,14 +398,14 @@ impl<S: Store> Proxy<S> {
             Ok(changes) if changes.is_empty() => return Ok(unchanged),
             Ok(changes) => changes,
             Err(reason) => {
-                warn!(method = %label.method, path = %label.path, %reason, "upstream session operations rejected");
+                warn!(method = %label.method, path = %label.uri.path(), %reason, "upstream session operations rejected");
                 self.metrics.rejected("malformed");
                 return Ok(unchanged);
             }
         };
         if status.is_server_error() {
             self.metrics.rejected("server_error");
-            warn!(method = %label.method, path = %label.path, status = status.as_u16(),
+            warn!(method = %label.method, path = %label.uri.path(), status = status.as_u16(),
                 "upstream session operations not applied: the response is a server error");
             return Ok(unchanged);
         }
@@ -428,7 +429,7 @@ impl<S: Store> Proxy<S> {
                 })
             }
             Ok(Outcome::Gone) => {
-                debug!(method = %label.method, path = %label.path, session = %session.target.id.short(),
+                debug!(method = %label.method, path = %label.uri.path(), session = %session.target.id.short(),
                     "session ended by a parallel request; its operations were dropped");
                 Ok(After {
                     flushed: true,
@@ -438,7 +439,7 @@ impl<S: Store> Proxy<S> {
                 })
             }
             Err(ApplyError::Refused(reason)) => {
-                warn!(method = %label.method, path = %label.path, %reason, "upstream session operations rejected");
+                warn!(method = %label.method, path = %label.uri.path(), %reason, "upstream session operations rejected");
                 self.metrics.rejected("refused");
                 Ok(unchanged)
             }

@@ -48,12 +48,13 @@ pub struct Filtered<B> {
 
 impl<B> Filtered<B> {
     pub fn new(inner: B, prefix: Arc<HeaderPrefix>, limits: Limits) -> Self {
-        let deadline = limits.idle.map(|d| Box::pin(tokio::time::sleep(d)));
         Filtered {
             inner,
             prefix,
             limits,
-            deadline,
+            // Armed on the first wait: most bodies are complete (or empty)
+            // when first polled, and need no timer at all.
+            deadline: None,
             seen: 0,
         }
     }
@@ -74,10 +75,13 @@ where
         let this = &mut *self;
         let mut frame = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => {
-                if let (Some(deadline), Some(idle)) = (this.deadline.as_mut(), this.limits.idle)
-                    && deadline.as_mut().poll(cx).is_ready()
-                {
-                    return Poll::Ready(Some(Err(BodyError::Stalled(idle).into())));
+                if let Some(idle) = this.limits.idle {
+                    let deadline = this
+                        .deadline
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(BodyError::Stalled(idle).into())));
+                    }
                 }
                 return Poll::Pending;
             }

@@ -34,6 +34,10 @@ pub fn check_request(headers: &HeaderMap) -> Result<(), Refused> {
 /// (hyper hides a `Content-Length` sent with `Transfer-Encoding`). A head
 /// that does not parse here is left to hyper, which parsed it already.
 pub fn check_raw_request(head: &[u8]) -> Result<(), Refused> {
+    // Most heads have no Transfer-Encoding at all: skip the parse.
+    if !contains_ignore_case(head, b"transfer-encoding") {
+        return Ok(());
+    }
     let count = head.windows(2).filter(|w| w == b"\r\n").count().max(1);
     let mut parsed = vec![httparse::EMPTY_HEADER; count];
     let mut req = httparse::Request::new(&mut parsed);
@@ -49,6 +53,12 @@ pub fn check_raw_request(head: &[u8]) -> Result<(), Refused> {
         return Err(Refused::Conflicting);
     }
     Ok(())
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// Checks a response's framing headers.

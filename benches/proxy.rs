@@ -1,0 +1,573 @@
+//! sessiongate against nginx, in one run on this machine:
+//!
+//!     cargo bench --bench proxy
+//!
+//! Starts on 127.0.0.1 a fast upstream (nginx returning "ok"), nginx as a
+//! plain reverse proxy (proxy_pass, upstream keepalive, one worker) and
+//! sessiongate (one worker thread), then drives each with the same load from
+//! `oha`, several rounds alternating. The proxy under test is pinned to CPU
+//! 0, the load generator, the upstream and Redis to CPU 1. For every
+//! scenario it prints throughput, latency at a fixed rate and CPU time per
+//! request of the proxy process (from /proc), with the sessiongate/nginx
+//! ratios, and writes the results with the machine's description to
+//! BENCHMARKS.md. Not a test: it asserts nothing.
+//!
+//! Needs nginx, oha (`cargo install oha --locked`), redis-server, taskset.
+//! BENCH_SECONDS (per run, default 3), BENCH_ROUNDS (default 3),
+//! BENCH_RATE (fixed-rate requests/s, default 5000), BENCH_SCENARIOS (e.g.
+//! "a,b") and BENCH_CONNECTIONS (e.g. "50") shorten or lengthen it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PROXY_CPU: &str = "0";
+const LOAD_CPU: &str = "1";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pinned(cpu: &str, program: &str) -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", cpu, program]);
+    cmd
+}
+
+/// A child process killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// CPU time of a process and all its threads and children, in nanoseconds.
+fn cpu_ns(pid: u32) -> u64 {
+    let mut total = 0;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                total += cpu_ns(child);
+            }
+        }
+    }
+    total
+}
+
+fn nginx(dir: &Path, name: &str, cpu: &str, http: &str) -> Running {
+    let conf = dir.join(format!("{name}.conf"));
+    let text = format!(
+        "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log {dir}/{name}.error.log;\nevents {{ worker_connections 8192; }}\n\
+         http {{\n access_log off;\n client_body_temp_path {dir}/{name}-body;\n proxy_temp_path {dir}/{name}-proxy;\n\
+         fastcgi_temp_path {dir}/{name}-fcgi;\n uwsgi_temp_path {dir}/{name}-uwsgi;\n scgi_temp_path {dir}/{name}-scgi;\n{http}\n}}\n",
+        pid = dir.join(format!("{name}.pid")).display(),
+        dir = dir.display(),
+    );
+    std::fs::write(&conf, text).unwrap();
+    let child = pinned(cpu, "nginx")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx");
+    Running(child)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Store {
+    Memory,
+    Disk,
+    Redis,
+}
+
+struct Scenario {
+    key: &'static str,
+    title: &'static str,
+    path: &'static str,
+    cookie: bool,
+    store: Store,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        key: "a",
+        title: "returning browser, session read only",
+        path: "/",
+        cookie: true,
+        store: Store::Memory,
+    },
+    Scenario {
+        key: "b",
+        title: "every request sets one key (memory store)",
+        path: "/set",
+        cookie: true,
+        store: Store::Memory,
+    },
+    Scenario {
+        key: "c",
+        title: "cookie-less first visits",
+        path: "/",
+        cookie: false,
+        store: Store::Memory,
+    },
+    Scenario {
+        key: "d",
+        title: "every request sets one key (disk store, immediate)",
+        path: "/set",
+        cookie: true,
+        store: Store::Disk,
+    },
+    Scenario {
+        key: "e",
+        title: "every request sets one key (Redis store)",
+        path: "/set",
+        cookie: true,
+        store: Store::Redis,
+    },
+];
+
+fn sessiongate(dir: &Path, port: u16, upstream: u16, store: Store, redis_port: u16) -> Running {
+    let store = match store {
+        Store::Memory => "kind = \"memory\"".to_owned(),
+        Store::Disk => format!(
+            "kind = \"disk\"\npath = \"{}\"",
+            dir.join(format!("bench-{port}.db")).display()
+        ),
+        Store::Redis => format!("kind = \"redis\"\nurl = \"redis://127.0.0.1:{redis_port}/\""),
+    };
+    let conf = dir.join(format!("sessiongate-{port}.toml"));
+    let text = format!(
+        "listen = \"127.0.0.1:{port}\"\nupstream = \"http://127.0.0.1:{upstream}\"\n[secret]\nvalue = \"benchmark-secret-0123456789abcdef-0123456789\"\n\
+         [cookie]\nsecure = false\n[server]\nworkers = 1\n[store]\n{store}\n[admin]\nlisten = \"off\"\n"
+    );
+    std::fs::write(&conf, text).unwrap();
+    let child = pinned(PROXY_CPU, env!("CARGO_BIN_EXE_sessiongate"))
+        .arg("--config")
+        .arg(&conf)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sessiongate");
+    wait_listening(port);
+    Running(child)
+}
+
+/// A session cookie with data, from one real request through sessiongate.
+fn session_cookie(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /set HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie: sessionid="))
+        .expect("a session cookie");
+    line["set-cookie: ".len()..]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[derive(Default, Clone, Copy)]
+struct Measure {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    cpu_us: f64,
+    errors: f64,
+}
+
+/// One oha run against `port`; returns the JSON summary and the proxy's CPU ns.
+fn oha(
+    port: u16,
+    path: &str,
+    cookie: Option<&str>,
+    connections: usize,
+    rate: Option<u32>,
+    seconds: u64,
+    proxy_pid: u32,
+) -> (serde_json::Value, u64) {
+    let mut cmd = pinned(LOAD_CPU, "oha");
+    cmd.args([
+        "--no-tui",
+        "--output-format",
+        "json",
+        "-z",
+        &format!("{seconds}s"),
+        "-c",
+        &connections.to_string(),
+    ]);
+    if let Some(rate) = rate {
+        cmd.args(["-q", &rate.to_string()]);
+    }
+    if let Some(cookie) = cookie {
+        cmd.args(["-H", &format!("Cookie: {cookie}")]);
+    }
+    cmd.arg(format!("http://127.0.0.1:{port}{path}"));
+    let before = cpu_ns(proxy_pid);
+    let out = cmd
+        .stderr(Stdio::null())
+        .output()
+        .expect("oha (cargo install oha --locked)");
+    let cpu = cpu_ns(proxy_pid) - before;
+    (serde_json::from_slice(&out.stdout).expect("oha JSON"), cpu)
+}
+
+fn measure(
+    port: u16,
+    pid: u32,
+    scenario: &Scenario,
+    cookie: Option<&str>,
+    connections: usize,
+    rate: u32,
+    seconds: u64,
+) -> Measure {
+    let cookie = if scenario.cookie { cookie } else { None };
+    let (max, _) = oha(port, scenario.path, cookie, connections, None, seconds, pid);
+    let (fixed, cpu) = oha(
+        port,
+        scenario.path,
+        cookie,
+        connections,
+        Some(rate),
+        seconds,
+        pid,
+    );
+    let ok = |v: &serde_json::Value| v["statusCodeDistribution"]["200"].as_f64().unwrap_or(0.0);
+    let total = |v: &serde_json::Value| {
+        v["statusCodeDistribution"]
+            .as_object()
+            .map_or(0.0, |m| m.values().filter_map(|n| n.as_f64()).sum())
+    };
+    let pct = |p: &str| fixed["latencyPercentiles"][p].as_f64().unwrap_or(f64::NAN) * 1000.0;
+    Measure {
+        rps: ok(&max) / max["summary"]["total"].as_f64().unwrap_or(1.0),
+        p50_ms: pct("p50"),
+        p99_ms: pct("p99"),
+        p999_ms: pct("p99.9"),
+        cpu_us: cpu as f64 / 1000.0 / ok(&fixed).max(1.0),
+        errors: (total(&max) - ok(&max)) + (total(&fixed) - ok(&fixed)),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn combine(runs: &[Measure]) -> Measure {
+    let m = |f: fn(&Measure) -> f64| median(runs.iter().map(f).collect());
+    Measure {
+        rps: m(|r| r.rps),
+        p50_ms: m(|r| r.p50_ms),
+        p99_ms: m(|r| r.p99_ms),
+        p999_ms: m(|r| r.p999_ms),
+        cpu_us: m(|r| r.cpu_us),
+        errors: runs.iter().map(|r| r.errors).sum(),
+    }
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    let nginx = Command::new("nginx")
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
+        .unwrap_or_default();
+    format!("{model}, {cpus} CPUs, Linux {kernel}, {mem}; {nginx}")
+}
+
+/// RSS of this process after storing `n` sessions of about 200 bytes of JSON
+/// in the memory store (the store's own footprint, without HTTP).
+fn memory_for_sessions(n: usize) -> (f64, usize) {
+    use sessiongate::session::{Changes, Edit, Id, Key, Policy, now_ms};
+    use sessiongate::store::memory::MemoryStore;
+    use sessiongate::store::{Store, Target};
+    fn rss_mib() -> f64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kb / 1024.0
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let before = rss_mib();
+    let policy = Policy {
+        idle_ms: 3_600_000,
+        absolute_ms: 86_400_000,
+        max_bytes: 4096,
+        max_sessions: n + 1,
+    };
+    let store = MemoryStore::new(policy);
+    let changes = Changes {
+        edits: vec![
+            Edit::Set(
+                Key::parse("user").unwrap(),
+                serde_json::json!({"id": 1234567, "name": "Alice Example", "roles": ["admin", "editor"]}),
+            ),
+            Edit::Set(
+                Key::parse("cart").unwrap(),
+                serde_json::json!([1001, 2002, 3003, 4004, 5005]),
+            ),
+            Edit::Set(
+                Key::parse("csrf").unwrap(),
+                serde_json::json!("f3a9c1d27e5b48a0b6c4d9e8f7a6b5c4"),
+            ),
+            Edit::Set(
+                Key::parse("prefs").unwrap(),
+                serde_json::json!({"theme": "dark", "lang": "en-GB", "tz": "Europe/London"}),
+            ),
+        ],
+        ..Changes::default()
+    };
+    let mut size = 0;
+    rt.block_on(async {
+        for _ in 0..n {
+            let t = Target {
+                id: Id::random(),
+                issued_ms: now_ms(),
+            };
+            store.apply(&t, &changes).await.unwrap();
+            if size == 0
+                && let sessiongate::store::Lookup::Live(v) = store.load(&t.id).await.unwrap()
+            {
+                size = v.len();
+            }
+        }
+    });
+    let used = rss_mib() - before;
+    drop(store);
+    (used, size)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let seconds: u64 = env_or("BENCH_SECONDS", 3);
+    let rounds: usize = env_or("BENCH_ROUNDS", 3);
+    let rate: u32 = env_or("BENCH_RATE", 5000);
+    let wanted: String = env_or("BENCH_SCENARIOS", "a,b,c,d,e".to_owned());
+    let connections: Vec<usize> = env_or("BENCH_CONNECTIONS", "50,500".to_owned())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, nginx_port, redis_port) = (free_port(), free_port(), free_port());
+    let _upstream = nginx(
+        dir.path(),
+        "upstream",
+        LOAD_CPU,
+        &format!(
+            "server {{ listen 127.0.0.1:{upstream} backlog=4096; keepalive_requests 100000; location / {{ return 200 \"ok\"; }} location /set {{ add_header X-Session-Set \"n=1\"; return 200 \"ok\"; }} }}"
+        ),
+    );
+    let nginx_proxy = nginx(
+        dir.path(),
+        "proxy",
+        PROXY_CPU,
+        &format!(
+            "upstream app {{ server 127.0.0.1:{upstream}; keepalive 128; keepalive_requests 100000; }}\n\
+             server {{ listen 127.0.0.1:{nginx_port} backlog=4096; keepalive_requests 100000; location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
+        ),
+    );
+    let _redis = Running(
+        pinned(LOAD_CPU, "redis-server")
+            .args([
+                "--port",
+                &redis_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server"),
+    );
+    wait_listening(upstream);
+    wait_listening(nginx_port);
+    wait_listening(redis_port);
+    println!(
+        "sessiongate vs nginx: {seconds}s per run, {rounds} rounds, fixed rate {rate}/s; proxies on CPU {PROXY_CPU}, load on CPU {LOAD_CPU}"
+    );
+    println!("machine: {}", machine());
+
+    let mut report = String::new();
+    let mut rows: BTreeMap<(String, usize), (Measure, Measure)> = BTreeMap::new();
+    for scenario in SCENARIOS
+        .iter()
+        .filter(|s| wanted.split(',').any(|w| w.trim() == s.key))
+    {
+        let port = free_port();
+        let sg = sessiongate(dir.path(), port, upstream, scenario.store, redis_port);
+        let cookie = session_cookie(port);
+        for &c in &connections {
+            let (mut ng_runs, mut sg_runs) = (vec![], vec![]);
+            for _ in 0..rounds {
+                ng_runs.push(measure(
+                    nginx_port,
+                    nginx_proxy.0.id(),
+                    scenario,
+                    Some(&cookie),
+                    c,
+                    rate,
+                    seconds,
+                ));
+                sg_runs.push(measure(
+                    port,
+                    sg.0.id(),
+                    scenario,
+                    Some(&cookie),
+                    c,
+                    rate,
+                    seconds,
+                ));
+            }
+            let (ng, s) = (combine(&ng_runs), combine(&sg_runs));
+            print_row(scenario, c, &ng, &s);
+            rows.insert((scenario.key.to_owned(), c), (ng, s));
+        }
+        drop(sg);
+    }
+    let (mib, size) = memory_for_sessions(1_000_000);
+    println!("memory store: 1,000,000 sessions of {size} bytes JSON held in {mib:.0} MiB RSS");
+
+    let _ = writeln!(report, "# Benchmarks\n");
+    let _ = writeln!(
+        report,
+        "Generated by `cargo bench --bench proxy` (benches/proxy.rs); do not edit by hand.\n"
+    );
+    let _ = writeln!(report, "- machine: {}", machine());
+    let _ = writeln!(
+        report,
+        "- {seconds} s per run, {rounds} rounds alternating nginx and sessiongate (medians), fixed rate {rate} requests/s for latency and CPU"
+    );
+    let _ = writeln!(
+        report,
+        "- both proxies: one worker on CPU {PROXY_CPU}; oha, the upstream (nginx `return 200`) and Redis on CPU {LOAD_CPU}\n"
+    );
+    let _ = writeln!(
+        report,
+        "| scenario | conns | proxy | max rps | p50 ms | p99 ms | p99.9 ms | CPU µs/req | errors |"
+    );
+    let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|");
+    for ((key, c), (ng, s)) in &rows {
+        let title = SCENARIOS
+            .iter()
+            .find(|x| x.key == key)
+            .map_or("", |x| x.title);
+        for (name, m) in [("nginx", ng), ("sessiongate", s)] {
+            let _ = writeln!(
+                report,
+                "| ({key}) {title} | {c} | {name} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} |",
+                m.rps, m.p50_ms, m.p99_ms, m.p999_ms, m.cpu_us, m.errors
+            );
+        }
+        let _ = writeln!(
+            report,
+            "| ({key}) ratio | {c} | sessiongate/nginx | {:.2}x | {:.2}x | {:.2}x | {:.2}x | **{:.2}x** | |",
+            s.rps / ng.rps,
+            s.p50_ms / ng.p50_ms,
+            s.p99_ms / ng.p99_ms,
+            s.p999_ms / ng.p999_ms,
+            s.cpu_us / ng.cpu_us
+        );
+    }
+    let _ = writeln!(
+        report,
+        "\nMemory store: 1,000,000 sessions of {size} bytes of JSON held in **{mib:.0} MiB** of RSS (measured in-process)."
+    );
+    let out = std::env::var("BENCH_REPORT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md"));
+    std::fs::write(&out, report).unwrap();
+    println!("written to {}", out.display());
+}
+
+fn print_row(scenario: &Scenario, c: usize, ng: &Measure, s: &Measure) {
+    println!("\n({}) {}, {c} connections", scenario.key, scenario.title);
+    println!(
+        "  {:<12} {:>9} {:>8} {:>8} {:>9} {:>11} {:>7}",
+        "", "max rps", "p50 ms", "p99 ms", "p99.9 ms", "CPU us/req", "errors"
+    );
+    for (name, m) in [("nginx", ng), ("sessiongate", s)] {
+        println!(
+            "  {:<12} {:>9.0} {:>8.2} {:>8.2} {:>9.2} {:>11.1} {:>7}",
+            name, m.rps, m.p50_ms, m.p99_ms, m.p999_ms, m.cpu_us, m.errors
+        );
+    }
+    println!(
+        "  {:<12} {:>8.2}x {:>7.2}x {:>7.2}x {:>8.2}x {:>10.2}x",
+        "ratio",
+        s.rps / ng.rps,
+        s.p50_ms / ng.p50_ms,
+        s.p99_ms / ng.p99_ms,
+        s.p999_ms / ng.p999_ms,
+        s.cpu_us / ng.cpu_us
+    );
+}
