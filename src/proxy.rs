@@ -14,7 +14,7 @@ mod body;
 mod caching;
 mod error;
 mod forwarded;
-mod framing;
+pub(crate) mod framing;
 mod head_capture;
 mod hop;
 pub mod path;
@@ -168,10 +168,10 @@ impl<S: Store> Proxy<S> {
             return Err(Error::MethodNotAllowed("CONNECT is not proxied"));
         }
         framing::check_request(req.headers()).map_err(Error::Framing)?;
-        if let Some(head) = down.activity.take_head()
+        if let Some(refused) = down.activity.take_framing_refusal()
             && req.version() <= Version::HTTP_11
         {
-            framing::check_raw_request(&head).map_err(Error::Framing)?;
+            return Err(Error::Framing(refused));
         }
         if let Some(max) = s.server.max_body_bytes
             && content_length(req.headers()).is_some_and(|len| len > max)

@@ -42,9 +42,11 @@ enum State {
 #[derive(Default)]
 struct Capture {
     state: State,
+    /// Bytes of the head being read; once `Done`, exactly the final head.
+    /// Reused across responses, so a capture costs no allocation.
     buf: Vec<u8>,
-    /// The last final response head read on this connection.
-    head: Option<Vec<u8>>,
+    /// Whether `buf` holds a complete final head.
+    complete: bool,
 }
 
 impl Capture {
@@ -52,7 +54,7 @@ impl Capture {
         if !matches!(self.state, State::Writing) {
             self.state = State::Writing;
             self.buf.clear();
-            self.head = None;
+            self.complete = false;
         }
     }
 
@@ -64,24 +66,24 @@ impl Capture {
         self.buf.extend_from_slice(bytes);
         // A 1xx head may come before the final one, in the same read or not.
         while let Some(end) = find_blank_line(&self.buf) {
-            let head: Vec<u8> = self.buf.drain(..end).collect();
-            if !is_interim(&head) {
-                self.head = Some(head);
+            if !is_interim(&self.buf[..end]) {
+                self.buf.truncate(end);
+                self.complete = true;
                 self.state = State::Done;
-                self.buf = Vec::new();
                 return;
             }
+            self.buf.drain(..end);
         }
         if self.buf.len() > MAX_HEAD {
             self.state = State::Done;
-            self.buf = Vec::new();
+            self.buf.clear();
         }
     }
 }
 
 /// End of a head (index just past its `\r\n\r\n`).
 fn find_blank_line(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+    memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4)
 }
 
 /// `HTTP/1.1 1xx` other than 101 (which ends the exchange like a final one).
@@ -101,19 +103,22 @@ impl HeadCapture {
     /// The header lines of the response head just read, in order. `None` if
     /// the head was not captured (then the caller falls back to `HeaderMap`).
     pub fn lines(&self) -> Option<Vec<(String, Vec<u8>)>> {
-        let head = self.with(|c| c.head.clone())?;
-        let count = head.windows(2).filter(|w| w == b"\r\n").count();
-        let mut headers = vec![httparse::EMPTY_HEADER; count];
-        let mut rsp = httparse::Response::new(&mut headers);
-        match rsp.parse(&head) {
-            Ok(httparse::Status::Complete(_)) => Some(
-                rsp.headers
-                    .iter()
-                    .map(|h| (h.name.to_ascii_lowercase(), h.value.trim_ascii().to_vec()))
-                    .collect(),
-            ),
-            _ => None,
-        }
+        self.with(|c| c.complete.then(|| parse_lines(&c.buf)).flatten())
+    }
+}
+
+fn parse_lines(head: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+    let count = memchr::memmem::find_iter(head, b"\r\n").count();
+    let mut headers = vec![httparse::EMPTY_HEADER; count];
+    let mut rsp = httparse::Response::new(&mut headers);
+    match rsp.parse(head) {
+        Ok(httparse::Status::Complete(_)) => Some(
+            rsp.headers
+                .iter()
+                .map(|h| (h.name.to_ascii_lowercase(), h.value.trim_ascii().to_vec()))
+                .collect(),
+        ),
+        _ => None,
     }
 }
 

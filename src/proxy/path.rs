@@ -10,6 +10,10 @@
 
 /// The normalised form of `path`, or `None` for a malformed escape.
 pub fn normalize(path: &str) -> Option<String> {
+    // Most paths have neither escapes nor dot-segments: nothing to do.
+    if !path.contains('%') && !path.contains("/.") {
+        return Some(path.to_owned());
+    }
     let decoded = decode_unreserved(path)?;
     Some(remove_dot_segments(&decoded))
 }

@@ -20,6 +20,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::proxy::framing::Refused;
+
 /// Requests (and upgraded tunnels) in flight on one connection.
 #[derive(Clone, Default)]
 pub struct Activity(Arc<ActivityState>);
@@ -30,8 +32,9 @@ struct ActivityState {
     /// The connection's reader, woken when the last request ends so that
     /// its idle deadline starts even if it is not polled otherwise.
     reader: Mutex<Option<Waker>>,
-    /// The raw head of the request about to be handled (see `head_tap`).
-    head: Mutex<Option<Vec<u8>>>,
+    /// The raw-head framing verdict of the request about to be handled
+    /// (see `head_tap`); only refusals are kept.
+    refused: Mutex<Option<Refused>>,
 }
 
 impl Activity {
@@ -41,13 +44,20 @@ impl Activity {
         Busy(self.clone())
     }
 
-    /// Takes the raw head copied for the request being handled, if any.
-    pub fn take_head(&self) -> Option<Vec<u8>> {
-        self.0.head.lock().unwrap_or_else(|e| e.into_inner()).take()
+    /// Takes the framing refusal found in the raw head of the request being
+    /// handled, if there was one.
+    pub fn take_framing_refusal(&self) -> Option<Refused> {
+        self.0
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
-    pub(super) fn set_head(&self, head: Vec<u8>) {
-        *self.0.head.lock().unwrap_or_else(|e| e.into_inner()) = Some(head);
+    pub(super) fn set_framing(&self, verdict: Result<(), Refused>) {
+        if let Err(refused) = verdict {
+            *self.0.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(refused);
+        }
     }
 
     pub(super) fn busy(&self) -> bool {

@@ -3,9 +3,10 @@
 //! that comes with `Transfer-Encoding` before the service sees the request,
 //! so a CL.TE or TE.CL message looks clean afterwards.
 //!
-//! The tap sits above TLS (it sees plaintext) and copies bytes only while a
-//! head is arriving after the connection was idle; the proxy takes the copy
-//! when it handles that request. A request pipelined behind another is not
+//! The tap sits above TLS (it sees plaintext) and looks at bytes only
+//! while a head is arriving after the connection was idle. A head that
+//! arrives in one read is checked in place; one split over reads is copied
+//! first. The verdict waits in the connection's `Activity` for the proxy. A request pipelined behind another is not
 //! copied; the proxy re-frames every body itself, so such a request cannot
 //! desynchronise the upstream, it only escapes the stricter refusal.
 
@@ -16,6 +17,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::deadline::Activity;
+use crate::proxy::framing::check_raw_request;
 
 pub struct HeadTap<T> {
     inner: T,
@@ -44,12 +46,21 @@ impl<T> HeadTap<T> {
         if bytes.is_empty() {
             return;
         }
+        if copy.is_empty()
+            && let Some(end) = memchr::memmem::find(bytes, b"\r\n\r\n")
+        {
+            // The common case: the whole head in one read, checked in place.
+            self.activity
+                .set_framing(check_raw_request(&bytes[..end + 4]));
+            self.copy = None;
+            return;
+        }
         let start = copy.len().saturating_sub(3);
         copy.extend_from_slice(bytes);
-        if let Some(end) = copy[start..].windows(4).position(|w| w == b"\r\n\r\n") {
-            copy.truncate(start + end + 4);
-            let head = self.copy.take().unwrap_or_default();
-            self.activity.set_head(head);
+        if let Some(end) = memchr::memmem::find(&copy[start..], b"\r\n\r\n") {
+            let verdict = check_raw_request(&copy[..start + end + 4]);
+            self.activity.set_framing(verdict);
+            self.copy = None;
         } else if copy.len() > self.max {
             // hyper refuses such a head itself (431).
             self.copy = None;
