@@ -15,7 +15,7 @@ use serde_json::json;
 use sessiongate::config::Durability;
 use sessiongate::session::{Changes, Edit, Id, Key, Policy, now_ms};
 use sessiongate::store::disk::{DiskOptions, DiskStore};
-use sessiongate::store::{Store, Target};
+use sessiongate::store::{Origin, Store, Target};
 
 const WRITERS: usize = 64;
 
@@ -119,7 +119,7 @@ async fn main() {
             store.clone(),
             targets.clone(),
             |s, t, i| async move {
-                s.apply(&t, &set(i)).await.unwrap();
+                s.apply(&t, &set(i), &Origin::default()).await.unwrap();
             },
         )
         .await;

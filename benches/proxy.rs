@@ -339,7 +339,7 @@ fn machine() -> String {
 fn memory_for_sessions(n: usize) -> (f64, usize) {
     use sessiongate::session::{Changes, Edit, Id, Key, Policy, now_ms};
     use sessiongate::store::memory::MemoryStore;
-    use sessiongate::store::{Store, Target};
+    use sessiongate::store::{Origin, Store, Target};
     fn rss_mib() -> f64 {
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let kb: f64 = status
@@ -389,11 +389,11 @@ fn memory_for_sessions(n: usize) -> (f64, usize) {
                 id: Id::random(),
                 issued_ms: now_ms(),
             };
-            store.apply(&t, &changes).await.unwrap();
+            store.apply(&t, &changes, &Origin::default()).await.unwrap();
             if size == 0
                 && let sessiongate::store::Lookup::Live(v) = store.load(&t.id).await.unwrap()
             {
-                size = v.len();
+                size = v.data.len();
             }
         }
     });

@@ -17,7 +17,7 @@ use sessiongate::session::{Changes, Edit, Id, Key, Policy, now_ms};
 use sessiongate::store::disk::{DiskOptions, DiskStore};
 use sessiongate::store::memory::MemoryStore;
 use sessiongate::store::redis::{RedisOptions, RedisStore};
-use sessiongate::store::{Outcome, Store, Target};
+use sessiongate::store::{Origin, Outcome, Store, Target};
 
 fn policy() -> Policy {
     Policy {
@@ -56,7 +56,7 @@ async fn seeded<S: Store>(store: &S) -> Target {
         ],
         ..Changes::default()
     };
-    store.apply(&t, &changes).await.unwrap();
+    store.apply(&t, &changes, &Origin::default()).await.unwrap();
     t
 }
 
@@ -73,7 +73,7 @@ fn bench_store<S: Store>(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: 
             i += 1;
             let changes = set("counter", i);
             let store = &store;
-            async move { store.apply(&target, &changes).await.unwrap() }
+            async move { store.apply(&target, &changes, &Origin::default()).await.unwrap() }
         })
     });
     let mut current = rt.block_on(seeded(&store));
@@ -84,7 +84,7 @@ fn bench_store<S: Store>(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: 
                 ..Changes::default()
             };
             if let Outcome::Applied { target, .. } =
-                rt.block_on(store.apply(&current, &rotate)).unwrap()
+                rt.block_on(store.apply(&current, &rotate, &Origin::default())).unwrap()
             {
                 current = target;
             }

@@ -58,6 +58,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Longest wait for the upstream's response head (-> 504).
     pub timeout: Duration,
+    /// Signs the injected headers (`X-Session-Signature`) when set.
+    pub signing_key: Option<crate::signature::SigningKey>,
 }
 
 /// The signing secrets: the current one signs, all verify.
@@ -110,6 +112,8 @@ pub struct SessionConfig {
     pub max_operations: usize,
     /// Path prefixes proxied without session work (static files).
     pub skip_paths: Vec<String>,
+    /// Record the client address and User-Agent when a session is created.
+    pub record_client: bool,
 }
 
 /// When a disk store change counts as stored.
@@ -185,6 +189,34 @@ pub struct TlsConfig {
 pub struct AdminConfig {
     /// `None` when `listen = "off"`.
     pub listen: Option<SocketAddr>,
+    /// Bearer token of the session admin API; `None` turns the API off.
+    pub token: Option<AdminToken>,
+}
+
+/// The admin API's bearer token. No `Debug` output of the value.
+#[derive(Clone)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn new(token: String) -> AdminToken {
+        AdminToken(token)
+    }
+
+    /// Compares in constant time.
+    pub fn matches(&self, offered: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(offered).into()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

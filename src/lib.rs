@@ -30,6 +30,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod server;
 pub mod session;
+pub mod signature;
 pub mod store;
 
 pub use config::Config;

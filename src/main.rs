@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sessiongate::Config;
+use sessiongate::admin::client;
 use sessiongate::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
@@ -45,6 +46,30 @@ enum Command {
     /// Ask the running proxy's admin listener whether it is alive (for
     /// container health checks): exit 0 when `/healthz` answers 200.
     Health,
+    /// List, count or end sessions through the running proxy's admin API
+    /// (needs `admin.token`).
+    Sessions {
+        #[command(subcommand)]
+        action: SessionsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsAction {
+    /// The sessions of a user: handles, creation and last-seen times.
+    List {
+        #[arg(long)]
+        user: String,
+    },
+    /// End all sessions of a user, or one (`--session HANDLE`).
+    Revoke {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// How many live sessions the store holds.
+    Count,
 }
 
 fn main() -> ExitCode {
@@ -63,38 +88,45 @@ fn main() -> ExitCode {
         }
         Command::Run => run(config),
         Command::Health => health(&config),
+        Command::Sessions { action } => sessions(&config, action),
     }
 }
 
-/// GET /healthz on the admin listener, with a short deadline.
+/// GET /healthz on the admin listener.
 fn health(config: &Config) -> ExitCode {
-    use std::io::{Read, Write};
-    let Some(mut addr) = config.admin.listen else {
-        eprintln!("sessiongate: admin.listen is \"off\": there is no health endpoint to ask");
-        return ExitCode::FAILURE;
-    };
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let timeout = std::time::Duration::from_secs(3);
-    let answer = std::net::TcpStream::connect_timeout(&addr, timeout).and_then(|mut s| {
-        s.set_read_timeout(Some(timeout))?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head)?;
-        Ok(head)
-    });
-    match answer {
-        Ok(head) if head.starts_with(b"HTTP/1.1 200") => ExitCode::SUCCESS,
-        Ok(head) => {
-            eprintln!(
-                "sessiongate: {addr}/healthz answered {}",
-                String::from_utf8_lossy(&head)
-            );
+    match client::call(config, "GET", "/healthz") {
+        Ok(answer) if answer.status == 200 => ExitCode::SUCCESS,
+        Ok(answer) => {
+            eprintln!("sessiongate: /healthz answered {}", answer.status);
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("sessiongate: cannot reach the admin listener at {addr}: {e}");
+            eprintln!("sessiongate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One call to the session admin API; prints its JSON answer.
+fn sessions(config: &Config, action: SessionsAction) -> ExitCode {
+    let user_query = |user: &str| form_urlencoded::Serializer::new(String::new()).append_pair("user", user).finish();
+    let (method, path) = match &action {
+        SessionsAction::List { user } => ("GET", format!("/sessions?{}", user_query(user))),
+        SessionsAction::Revoke { user, session: None } => ("DELETE", format!("/sessions?{}", user_query(user))),
+        SessionsAction::Revoke { user, session: Some(handle) } => ("DELETE", format!("/sessions/{handle}?{}", user_query(user))),
+        SessionsAction::Count => ("GET", "/sessions/count".to_owned()),
+    };
+    match client::call(config, method, &path) {
+        Ok(answer) if (200..300).contains(&answer.status) => {
+            println!("{}", answer.body.trim_end());
+            ExitCode::SUCCESS
+        }
+        Ok(answer) => {
+            eprintln!("sessiongate: the admin API answered {}: {}", answer.status, answer.body.trim_end());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("sessiongate: {e}");
             ExitCode::FAILURE
         }
     }

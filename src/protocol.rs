@@ -7,7 +7,7 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::session::{Changes, Edit, Key};
+use crate::session::{Changes, Edit, Key, UserId};
 
 /// The configured header prefix (default `X-Session`) and the names built on it.
 #[derive(Debug, Clone)]
@@ -17,6 +17,12 @@ pub struct HeaderPrefix {
     pub id: HeaderName,
     pub new: HeaderName,
     pub data: HeaderName,
+    pub user: HeaderName,
+    pub created: HeaderName,
+    pub last_seen: HeaderName,
+    pub client: HeaderName,
+    pub agent: HeaderName,
+    pub signature: HeaderName,
 }
 
 impl Default for HeaderPrefix {
@@ -46,6 +52,12 @@ impl HeaderPrefix {
             id: name("id"),
             new: name("new"),
             data: name("data"),
+            user: name("user"),
+            created: name("created"),
+            last_seen: name("last-seen"),
+            client: name("client"),
+            agent: name("agent"),
+            signature: name("signature"),
             normalized,
         })
     }
@@ -102,6 +114,8 @@ pub enum Malformed {
     BadJson { key: String },
     #[error("{header}: expected the value 1")]
     NotOne { header: &'static str },
+    #[error("user: expected 1-256 visible ASCII characters")]
+    BadUser,
 }
 
 /// The upstream's operations, or why they were refused; `Ok` may be empty.
@@ -131,6 +145,8 @@ pub fn parse_operations<'a>(
             "delete" => parse_delete(value).map(|edit| changes.edits.push(edit)),
             "rotate" => expect_one("rotate", value).map(|()| changes.rotate = true),
             "flush" => expect_one("flush", value).map(|()| changes.flush = true),
+            "user" => parse_user(value).map(|user| changes.user = Some(user)),
+            "revoke-others" => expect_one("revoke-others", value).map(|()| changes.revoke_others = true),
             _ => continue,
         };
         count += 1;
@@ -183,25 +199,47 @@ fn parse_delete(value: &[u8]) -> Result<Edit, Malformed> {
         .ok_or(Malformed::BadKey { header })
 }
 
+fn parse_user(value: &[u8]) -> Result<UserId, Malformed> {
+    std::str::from_utf8(value).ok().and_then(UserId::parse).ok_or(Malformed::BadUser)
+}
+
 fn expect_one(header: &'static str, value: &[u8]) -> Result<(), Malformed> {
     (value == b"1")
         .then_some(())
         .ok_or(Malformed::NotOne { header })
 }
 
+/// The session as the upstream is told about it.
+pub struct Injected {
+    pub id: HeaderValue,
+    /// This request started the session.
+    pub new: bool,
+    pub data: HeaderValue,
+    pub user: Option<HeaderValue>,
+    /// Unix seconds.
+    pub created: u64,
+    /// Unix seconds, when known (a stored session).
+    pub last_seen: Option<u64>,
+    pub client: Option<HeaderValue>,
+    pub agent: Option<HeaderValue>,
+}
+
 /// Adds the session headers for the upstream. Call after [`HeaderPrefix::strip`].
-pub fn inject(
-    prefix: &HeaderPrefix,
-    headers: &mut HeaderMap,
-    id: HeaderValue,
-    new: bool,
-    data: HeaderValue,
-) {
-    headers.insert(prefix.id.clone(), id);
-    if new {
+pub fn inject(prefix: &HeaderPrefix, headers: &mut HeaderMap, session: Injected) {
+    headers.insert(prefix.id.clone(), session.id);
+    if session.new {
         headers.insert(prefix.new.clone(), HeaderValue::from_static("1"));
     }
-    headers.insert(prefix.data.clone(), data);
+    headers.insert(prefix.data.clone(), session.data);
+    headers.insert(prefix.created.clone(), HeaderValue::from(session.created));
+    if let Some(seen) = session.last_seen {
+        headers.insert(prefix.last_seen.clone(), HeaderValue::from(seen));
+    }
+    for (name, value) in [(&prefix.user, session.user), (&prefix.client, session.client), (&prefix.agent, session.agent)] {
+        if let Some(value) = value {
+            headers.insert(name.clone(), value);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{self, HeaderPrefix, Parsed};
 use crate::server::deadline::Activity;
 use crate::session::{self, CookieAction, CookieFacts, Id, Policy, now_ms};
-use crate::store::{ApplyError, Lookup, Outcome, Store, Target};
+use crate::store::{ApplyError, Lookup, Meta, Origin, Outcome, Store, Target};
 
 /// Most cookies with the session's name that are checked in one request;
 /// each costs an HMAC, and a browser legitimately sends one or two.
@@ -64,6 +64,10 @@ struct Resolved {
     /// This request started the session.
     started: bool,
     data: Option<HeaderValue>,
+    /// What the store keeps besides the data (for a stored session).
+    meta: Option<Meta>,
+    /// Recorded if this request's response creates the stored session.
+    origin: Origin,
     /// The browser sent some cookie with the session's name.
     sent_cookie: bool,
     needs_resign: bool,
@@ -183,11 +187,14 @@ impl<S: Store> Proxy<S> {
         let (mut parts, body) = req.into_parts();
         let path = path::normalize(parts.uri.path())
             .ok_or(Error::BadRequest("malformed percent-encoding in the path"))?;
-        let session = match path::skips(&path, &s.skip_paths) {
+        let mut session = match path::skips(&path, &s.skip_paths) {
             true => None,
             false => Some(self.resolve(s, &parts.headers).await?),
         };
         self.upstream_request(s, &mut parts, down, session.as_ref(), &path)?;
+        if let Some(session) = session.as_mut() {
+            session.origin = origin(s, &parts.headers, down);
+        }
         if websocket {
             upgrade::restore_headers(&mut parts.headers);
         }
@@ -195,8 +202,7 @@ impl<S: Store> Proxy<S> {
             idle: Some(s.server.body_read_timeout),
             max: s.server.max_body_bytes,
         };
-        let req = Request::from_parts(parts, Filtered::new(body, s.prefix.clone(), limits));
-        let mut req = req;
+        let mut req = Request::from_parts(parts, Filtered::new(body, s.prefix.clone(), limits));
         let connection = capture_connection(&mut req);
         let mut rsp = self.send(s, req).await?;
         if let Err(refused) = framing::check_response(rsp.headers()) {
@@ -234,9 +240,9 @@ impl<S: Store> Proxy<S> {
             self.metrics
                 .store_latency
                 .observe(started.elapsed().as_secs_f64());
-            let data = match lookup? {
-                Lookup::Live(data) => Some(data),
-                Lookup::Unknown => None,
+            let (data, meta) = match lookup? {
+                Lookup::Live(loaded) => (Some(loaded.data), Some(loaded.meta)),
+                Lookup::Unknown => (None, None),
                 Lookup::Dead => continue,
             };
             return Ok(Resolved {
@@ -246,6 +252,8 @@ impl<S: Store> Proxy<S> {
                 },
                 started: false,
                 data,
+                meta,
+                origin: Origin::default(),
                 sent_cookie,
                 needs_resign: v.signed_with == SignedWith::Previous,
             });
@@ -257,6 +265,8 @@ impl<S: Store> Proxy<S> {
             },
             started: true,
             data: None,
+            meta: None,
+            origin: Origin::default(),
             sent_cookie,
             needs_resign: false,
         })
@@ -296,16 +306,15 @@ impl<S: Store> Proxy<S> {
             parts.headers.insert(HOST, host);
         }
         if let Some(session) = session {
-            let id =
-                HeaderValue::try_from(session.target.id.to_string()).expect("ids are base64url");
-            let data = session
-                .data
-                .clone()
-                .unwrap_or(HeaderValue::from_static("{}"));
-            protocol::inject(&s.prefix, &mut parts.headers, id, session.started, data);
+            protocol::inject(&s.prefix, &mut parts.headers, injected(session));
         }
         parts.uri = upstream_uri(s, path, parts.uri.query())?;
         parts.version = Version::HTTP_11;
+        if let Some(key) = &s.upstream.signing_key {
+            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let signature = key.sign(&s.prefix, parts.method.as_str(), target, &parts.headers, now_ms() / 1000);
+            parts.headers.insert(s.prefix.signature.clone(), signature);
+        }
         Ok(())
     }
 
@@ -410,16 +419,20 @@ impl<S: Store> Proxy<S> {
             return Ok(unchanged);
         }
         let started = std::time::Instant::now();
-        let applied = self.store.apply(&session.target, &changes).await;
+        let applied = self.store.apply(&session.target, &changes, &session.origin).await;
         self.metrics
             .store_latency
             .observe(started.elapsed().as_secs_f64());
         match applied {
-            Ok(Outcome::Applied { target, has_data }) => {
+            Ok(Outcome::Applied { target, has_data, revoked }) => {
                 if changes.flush {
                     self.metrics.session_event("flushed", 1);
                 } else if changes.rotate {
                     self.metrics.session_event("rotated", 1);
+                }
+                if revoked > 0 {
+                    self.metrics.session_event("revoked", revoked as u64);
+                    debug!(method = %label.method, path = %label.uri.path(), revoked, "other sessions of the user ended");
                 }
                 Ok(After {
                     target,
@@ -465,6 +478,43 @@ pub fn strip_inbound(
     }
     if let Some(name) = session_cookie {
         cookie::remove_from_request(headers, name);
+    }
+}
+
+/// The headers that tell the upstream about `session`.
+fn injected(session: &Resolved) -> protocol::Injected {
+    let value = |text: &str| HeaderValue::from_bytes(text.as_bytes()).ok();
+    let meta = session.meta.as_ref();
+    protocol::Injected {
+        id: HeaderValue::try_from(session.target.id.to_string()).expect("ids are base64url"),
+        new: session.started,
+        data: session.data.clone().unwrap_or(HeaderValue::from_static("{}")),
+        user: meta.and_then(|m| m.user.as_ref()).and_then(|u| value(u.as_str())),
+        created: meta.map_or(session.target.issued_ms, |m| m.created_ms) / 1000,
+        last_seen: meta.map(|m| m.last_seen_ms / 1000),
+        client: meta.and_then(|m| m.client.as_deref()).and_then(value),
+        agent: meta.and_then(|m| m.agent.as_deref()).and_then(value),
+    }
+}
+
+/// Where a request comes from, for a session created by it.
+fn origin(s: &Settings, headers: &HeaderMap, down: &Downstream) -> Origin {
+    if !s.record_client {
+        return Origin::default();
+    }
+    // The client as the upstream sees it: the first trusted X-Forwarded-For
+    // entry was already resolved into the header the proxy set.
+    let client = headers
+        .get(forwarded::X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|| down.peer.ip().to_string());
+    // Bounded: a User-Agent is recorded, not a novel.
+    let agent = headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|ua| ua.chars().take(256).collect::<String>());
+    Origin {
+        client: Some(client.into()),
+        agent: agent.map(Into::into),
     }
 }
 

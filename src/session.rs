@@ -8,6 +8,7 @@
 pub mod json;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -57,8 +58,18 @@ impl Id {
 
     /// A short one-way tag for correlating log lines without revealing the id.
     pub fn short(&self) -> String {
+        self.digest_hex(4)
+    }
+
+    /// The session's handle in the admin API: a one-way hash of the id
+    /// (128 bits, hex), so listing sessions never reveals a usable id.
+    pub fn handle(&self) -> String {
+        self.digest_hex(16)
+    }
+
+    fn digest_hex(&self, bytes: usize) -> String {
         let digest = Sha256::digest(self.0);
-        digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+        digest[..bytes].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -140,6 +151,23 @@ impl Key {
     }
 }
 
+/// A user id bound to a session: 1 to 256 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UserId(Arc<str>);
+
+pub const MAX_USER_LEN: usize = 256;
+
+impl UserId {
+    pub fn parse(text: &str) -> Option<UserId> {
+        let ok = (1..=MAX_USER_LEN).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic());
+        ok.then(|| UserId(Arc::from(text)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// One key-level edit, in the order the upstream sent it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Edit {
@@ -153,11 +181,24 @@ pub struct Changes {
     pub flush: bool,
     pub rotate: bool,
     pub edits: Vec<Edit>,
+    /// Bind the session to this user (after Flush, Rotate and the edits).
+    pub user: Option<UserId>,
+    /// End every other session of the session's user.
+    pub revoke_others: bool,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        !self.flush && !self.rotate && self.edits.is_empty()
+        !self.flush && !self.rotate && self.edits.is_empty() && self.user.is_none() && !self.revoke_others
+    }
+
+    /// The user the session is bound to after these changes.
+    pub fn user_after(&self, current: Option<&UserId>) -> Option<UserId> {
+        match (&self.user, self.flush) {
+            (Some(user), _) => Some(user.clone()),
+            (None, true) => None,
+            (None, false) => current.cloned(),
+        }
     }
 
     /// Whether the session gets a new id (Flush and Rotate both retire the old one).
@@ -309,13 +350,12 @@ mod tests {
     #[test]
     fn flush_then_edits_in_order_and_empty_is_none() {
         let changes = Changes {
-            flush: false,
-            rotate: false,
             edits: vec![
                 Edit::Set(key("a"), json!(1)),
                 Edit::Set(key("a"), json!(2)),
                 Edit::Delete(key("b")),
             ],
+            ..Changes::default()
         };
         let next = next_data(Some(br#"{"b":true,"c":"x"}"#), &changes, 100)
             .unwrap()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sessiongate::session::{Changes, Edit, Id, Key, Policy, now_ms};
-use sessiongate::store::{ApplyError, Error, Lookup, Outcome, Store, Target};
+use sessiongate::store::{ApplyError, Error, Lookup, Origin, Outcome, Store, Target};
 
 fn policy() -> Policy {
     Policy {
@@ -56,7 +56,7 @@ fn flush() -> Changes {
 
 async fn data<S: Store>(store: &S, id: &Id) -> Option<Value> {
     match store.load(id).await.unwrap() {
-        Lookup::Live(v) => Some(serde_json::from_slice(v.as_bytes()).unwrap()),
+        Lookup::Live(v) => Some(serde_json::from_slice(v.data.as_bytes()).unwrap()),
         _ => None,
     }
 }
@@ -77,7 +77,7 @@ macro_rules! assert_held {
 
 /// Applies and expects success; returns the session's target afterwards.
 async fn apply<S: Store>(store: &S, t: &Target, c: &Changes) -> Target {
-    match store.apply(t, c).await {
+    match store.apply(t, c, &Origin::default()).await {
         Ok(Outcome::Applied { target, .. }) => target,
         other => panic!("apply failed: {other:?}"),
     }
@@ -98,7 +98,7 @@ pub async fn set_then_load_returns_the_data<S: Store>(store: S) {
         Some(json!({"user": {"name": "ä"}}))
     );
     let raw = match store.load(&t.id).await.unwrap() {
-        Lookup::Live(v) => v,
+        Lookup::Live(v) => v.data,
         other => panic!("{other:?}"),
     };
     assert!(raw.as_bytes().is_ascii());
@@ -108,8 +108,8 @@ pub async fn set_then_load_returns_the_data<S: Store>(store: S) {
 pub async fn deleting_every_key_leaves_an_unknown_not_a_dead_id<S: Store>(store: S) {
     let t = target();
     apply(&store, &t, &set("a", json!(1))).await;
-    match store.apply(&t, &delete("a")).await.unwrap() {
-        Outcome::Applied { target, has_data } => assert_eq!((target, has_data), (t, false)),
+    match store.apply(&t, &delete("a"), &Origin::default()).await.unwrap() {
+        Outcome::Applied { target, has_data, .. } => assert_eq!((target, has_data), (t, false)),
         other => panic!("{other:?}"),
     }
     assert_eq!(store.load(&t.id).await.unwrap(), Lookup::Unknown);
@@ -164,8 +164,8 @@ pub async fn a_write_in_flight_during_a_rotation_lands_in_the_new_session<S: Sto
 pub async fn flush_destroys_the_session_and_a_late_write_is_dropped<S: Store>(store: S) {
     let t = target();
     apply(&store, &t, &set("a", json!(1))).await;
-    match store.apply(&t, &flush()).await.unwrap() {
-        Outcome::Applied { target, has_data } => {
+    match store.apply(&t, &flush(), &Origin::default()).await.unwrap() {
+        Outcome::Applied { target, has_data, .. } => {
             assert_ne!(target.id, t.id);
             assert!(!has_data);
         }
@@ -173,7 +173,7 @@ pub async fn flush_destroys_the_session_and_a_late_write_is_dropped<S: Store>(st
     }
     assert_eq!(store.load(&t.id).await.unwrap(), Lookup::Dead);
     assert_eq!(
-        store.apply(&t, &set("late", json!(1))).await.unwrap(),
+        store.apply(&t, &set("late", json!(1)), &Origin::default()).await.unwrap(),
         Outcome::Gone
     );
     assert_held!(&store, 0);
@@ -195,7 +195,7 @@ pub async fn an_oversized_change_is_refused_whole<S: Store>(store: S) {
     apply(&store, &t, &set("a", json!(1))).await;
     let mut changes = set("b", json!("x".repeat(5000)));
     changes.rotate = true;
-    match store.apply(&t, &changes).await {
+    match store.apply(&t, &changes, &Origin::default()).await {
         Err(ApplyError::Refused(_)) => {}
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -219,7 +219,7 @@ pub async fn an_idle_session_expires<S: Store>(store: S) {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(store.load(&t.id).await.unwrap(), Lookup::Dead);
     assert_eq!(
-        store.apply(&t, &set("b", json!(2))).await.unwrap(),
+        store.apply(&t, &set("b", json!(2)), &Origin::default()).await.unwrap(),
         Outcome::Gone,
         "no resurrection"
     );
@@ -255,7 +255,7 @@ pub async fn a_full_store_refuses_new_sessions_but_serves_existing_ones<S: Store
     let first = target();
     apply(&store, &first, &set("a", json!(1))).await;
     apply(&store, &target(), &set("a", json!(1))).await;
-    match store.apply(&target(), &set("a", json!(1))).await {
+    match store.apply(&target(), &set("a", json!(1)), &Origin::default()).await {
         Err(ApplyError::Store(Error::Full { limit: 2 })) => {}
         other => panic!("expected Full, got {other:?}"),
     }

@@ -38,6 +38,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("upstream", "url", Kind::Text),
     ("upstream", "connect_timeout", Kind::Duration),
     ("upstream", "timeout", Kind::Duration),
+    ("upstream", "signing_key", Kind::Text),
     ("secret", "value", Kind::Text),
     ("secret", "env", Kind::Text),
     ("secret", "file", Kind::Text),
@@ -66,6 +67,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("store", "timeout", Kind::Duration),
     ("store", "touch_interval", Kind::Duration),
     ("session", "skip_paths", Kind::List),
+    ("session", "record_client", Kind::Bool),
     ("server", "header_read_timeout", Kind::Duration),
     ("server", "keep_alive_timeout", Kind::Duration),
     ("server", "body_read_timeout", Kind::Duration),
@@ -78,6 +80,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("tls", "cert", Kind::Text),
     ("tls", "key", Kind::Text),
     ("admin", "listen", Kind::Text),
+    ("admin", "token", Kind::Text),
     ("log", "format", Kind::Text),
 ];
 

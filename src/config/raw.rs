@@ -11,7 +11,7 @@ use http::Uri;
 use serde::Deserialize;
 
 use super::{
-    AdminConfig, Config, CookieConfig, CreateMode, Durability, Error, LogFormat, MAX_SESSION_BYTES,
+    AdminConfig, AdminToken, Config, CookieConfig, CreateMode, Durability, Error, LogFormat, MAX_SESSION_BYTES,
     MIN_SECRET_BYTES, Secrets, ServerConfig, SessionConfig, StoreConfig, TlsConfig, UpstreamConfig,
 };
 use crate::cookie::{SameSite, SecretKey};
@@ -94,6 +94,7 @@ struct RawUpstreamTable {
     url: Option<String>,
     connect_timeout: Option<RawDuration>,
     timeout: Option<RawDuration>,
+    signing_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -129,6 +130,7 @@ struct RawSession {
     max_sessions: Option<usize>,
     max_operations: Option<usize>,
     skip_paths: Option<Vec<String>>,
+    record_client: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -170,6 +172,7 @@ struct RawStore {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<String>,
+    token: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -264,7 +267,17 @@ fn validate_admin(raw: RawAdmin) -> Result<AdminConfig, KeyError> {
         "off" => None,
         text => Some(parse_address("admin.listen", text)?),
     };
-    Ok(AdminConfig { listen })
+    let token = match raw.token.filter(|t| !t.is_empty()) {
+        None => None,
+        Some(t) if t.len() < MIN_SECRET_BYTES => {
+            return Err(key_error("admin.token", format!("{} bytes; at least {MIN_SECRET_BYTES} are required (try `openssl rand -hex 32`)", t.len())));
+        }
+        Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => {
+            return Err(key_error("admin.token", "must be visible ASCII (it travels in an Authorization header)"));
+        }
+        Some(t) => Some(AdminToken::new(t)),
+    };
+    Ok(AdminConfig { listen, token })
 }
 
 fn parse_address(key: &str, text: &str) -> Result<SocketAddr, KeyError> {
@@ -296,6 +309,7 @@ fn validate_upstream(raw: Option<RawUpstream>) -> Result<UpstreamConfig, KeyErro
             url: Some(url),
             connect_timeout: None,
             timeout: None,
+            signing_key: None,
         },
         Some(RawUpstream::Table(t)) => t,
     };
@@ -331,11 +345,19 @@ fn validate_upstream(raw: Option<RawUpstream>) -> Result<UpstreamConfig, KeyErro
         Duration::from_secs(5),
     )?;
     let timeout = positive("upstream.timeout", table.timeout, Duration::from_secs(60))?;
+    let signing_key = match table.signing_key {
+        None => None,
+        Some(key) if key.len() < MIN_SECRET_BYTES => {
+            return Err(key_error("upstream.signing_key", format!("{} bytes; at least {MIN_SECRET_BYTES} are required", key.len())));
+        }
+        Some(key) => Some(crate::signature::SigningKey::new(key.as_bytes())),
+    };
     Ok(UpstreamConfig {
         scheme: http::uri::Scheme::HTTP,
         authority,
         connect_timeout,
         timeout,
+        signing_key,
     })
 }
 
@@ -524,6 +546,7 @@ fn validate_session(raw: RawSession) -> Result<SessionConfig, KeyError> {
         max_sessions,
         max_operations,
         skip_paths: validate_skip_paths(raw.skip_paths.unwrap_or_default())?,
+        record_client: raw.record_client.unwrap_or(false),
     })
 }
 

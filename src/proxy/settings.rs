@@ -14,7 +14,7 @@ use ipnet::IpNet;
 
 use super::body::RequestBody;
 use super::head_capture::CapturingConnector;
-use crate::config::{Config, CreateMode, ServerConfig, UpstreamConfig};
+use crate::config::{AdminToken, Config, CreateMode, ServerConfig, UpstreamConfig};
 use crate::cookie::{CookieBuilder, Signer};
 use crate::protocol::HeaderPrefix;
 use crate::session::Policy;
@@ -30,7 +30,10 @@ pub struct Settings {
     pub forward_cookie: bool,
     pub trusted_proxies: Vec<IpNet>,
     pub skip_paths: Vec<String>,
+    pub record_client: bool,
     pub server: ServerConfig,
+    /// The session admin API's token (reloadable).
+    pub admin_token: Option<AdminToken>,
 }
 
 /// The parts of a config that need a restart to change, in a comparable form.
@@ -80,7 +83,9 @@ impl Settings {
             forward_cookie: config.cookie.forward_to_upstream,
             trusted_proxies: config.trusted_proxies,
             skip_paths: config.session.skip_paths,
+            record_client: config.session.record_client,
             server: config.server,
+            admin_token: config.admin.token,
         }
     }
 }

@@ -18,6 +18,7 @@
 //! that fails SQLite's `quick_check`, or is not ours, refuses to open and is
 //! never changed.
 
+mod rows;
 mod schema;
 mod writer;
 
@@ -27,11 +28,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::HeaderValue;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::Connection;
 
-use super::{ApplyError, Error, Lookup, Outcome, Store, Target};
+use super::{ApplyError, Error, Loaded, Lookup, Origin, Outcome, SessionInfo, Store, Target};
 use crate::config::Durability;
-use crate::session::{Changes, Id, Policy, now_ms};
+use crate::session::{Changes, Id, Policy, UserId, now_ms};
 use writer::{Job, Writer};
 
 /// Why the disk store could not open. Each names the file.
@@ -97,6 +98,12 @@ impl DiskStore {
         })
     }
 
+    async fn revoke(&self, user: UserId, keep: Option<Id>, handle: Option<String>) -> Result<usize, Error> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writer.send(Job::Revoke { user, keep, handle, reply });
+        answer.await.map_err(|_| self.unavailable("the writer thread stopped"))?
+    }
+
     fn unavailable(&self, e: impl std::fmt::Display) -> Error {
         Error::Unavailable(format!("disk store {}: {e}", self.path.display()))
     }
@@ -152,71 +159,60 @@ fn lock(path: &Path) -> Result<File, OpenError> {
     }
 }
 
-/// A row as read: live data or a tombstone.
-enum Row {
-    Live {
-        data: Vec<u8>,
-        issued_ms: u64,
-        last_seen_ms: u64,
-    },
-    Dead,
-}
-
-fn read_row(conn: &Connection, id: &Id) -> rusqlite::Result<Option<Row>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT data, issued_ms, last_seen_ms FROM sessions WHERE id = ?1")?;
-    stmt.query_row(params![id.as_bytes().as_slice()], |r| {
-        let data: Option<Vec<u8>> = r.get(0)?;
-        Ok(match data {
-            Some(data) => Row::Live {
-                data,
-                issued_ms: r.get::<_, i64>(1)? as u64,
-                last_seen_ms: r.get::<_, i64>(2)? as u64,
-            },
-            None => Row::Dead,
-        })
-    })
-    .optional()
-}
-
 impl Store for DiskStore {
     async fn load(&self, id: &Id) -> Result<Lookup, Error> {
         let key = *id;
-        let row = self.read(move |conn| read_row(conn, &key)).await?;
+        let row = self.read(move |conn| rows::read(conn, &key)).await?;
         let now = now_ms();
-        Ok(match row {
-            None => Lookup::Unknown,
-            Some(Row::Dead) => Lookup::Dead,
-            Some(Row::Live {
-                issued_ms,
-                last_seen_ms,
-                ..
-            }) if self.policy.is_expired(issued_ms, last_seen_ms, now) => Lookup::Dead,
-            Some(Row::Live {
-                data, last_seen_ms, ..
-            }) => {
-                // Idle time is kept to within `touch_ms`; a lost touch only
-                // shortens a session's idle life by that much.
-                if now.saturating_sub(last_seen_ms) >= self.touch_ms {
-                    self.writer.send(Job::Touch { id: *id, now });
-                }
-                let data = HeaderValue::from_maybe_shared(bytes::Bytes::from(data))
-                    .map_err(|_| self.unavailable("a stored session is not valid header text"))?;
-                Lookup::Live(data)
-            }
-        })
+        let Some(row) = row else { return Ok(Lookup::Unknown) };
+        let Some(data) = row.data else { return Ok(Lookup::Dead) };
+        if self.policy.is_expired(row.issued_ms, row.last_seen_ms, now) {
+            return Ok(Lookup::Dead);
+        }
+        // Idle time is kept to within `touch_ms`; a lost touch only
+        // shortens a session's idle life by that much.
+        if now.saturating_sub(row.last_seen_ms) >= self.touch_ms {
+            self.writer.send(Job::Touch { id: *id, now });
+        }
+        let data = HeaderValue::from_maybe_shared(bytes::Bytes::from(data))
+            .map_err(|_| self.unavailable("a stored session is not valid header text"))?;
+        Ok(Lookup::Live(Loaded { data, meta: row.meta }))
     }
 
-    async fn apply(&self, target: &Target, changes: &Changes) -> Result<Outcome, ApplyError> {
+    async fn apply(&self, target: &Target, changes: &Changes, origin: &Origin) -> Result<Outcome, ApplyError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.writer.send(Job::Apply {
             target: *target,
             changes: changes.clone(),
+            origin: origin.clone(),
             reply,
         });
-        answer
-            .await
-            .map_err(|_| ApplyError::Store(self.unavailable("the writer thread stopped")))?
+        answer.await.map_err(|_| ApplyError::Store(self.unavailable("the writer thread stopped")))?
+    }
+
+    async fn sessions_of(&self, user: &UserId) -> Result<Vec<SessionInfo>, Error> {
+        let owned = user.clone();
+        let found = self.read(move |conn| rows::of_user(conn, &owned)).await?;
+        let now = now_ms();
+        Ok(found
+            .into_iter()
+            .filter(|(_, row)| !self.policy.is_expired(row.issued_ms, row.last_seen_ms, now))
+            .map(|(id, row)| SessionInfo {
+                handle: id.handle(),
+                created_ms: row.meta.created_ms,
+                last_seen_ms: row.meta.last_seen_ms,
+                client: row.meta.client.as_deref().map(str::to_owned),
+                agent: row.meta.agent.as_deref().map(str::to_owned),
+            })
+            .collect())
+    }
+
+    async fn revoke_user(&self, user: &UserId, keep: Option<&Id>) -> Result<usize, Error> {
+        self.revoke(user.clone(), keep.copied(), None).await
+    }
+
+    async fn revoke_handle(&self, user: &UserId, handle: &str) -> Result<bool, Error> {
+        Ok(self.revoke(user.clone(), None, Some(handle.to_owned())).await? > 0)
     }
 
     async fn sweep(&self) -> Result<usize, Error> {

@@ -13,10 +13,16 @@
 //! a session's keys in one Cluster slot, and a rotation draws the new id
 //! with the same first two characters, so the script never crosses slots.
 //!
+//! Metadata lives in the same hash under fields starting with `#` (never a
+//! valid session key): `#user`, `#created`, `#client`, `#agent`. Each user
+//! has a set of session ids (`<prefix>u:{<hash of user>}`, its own slot),
+//! maintained after each change and cleaned lazily of expired members.
+//!
 //! Every call has a deadline (`store.timeout`): an outage gives 503 quickly,
 //! and the connection manager reconnects by itself when Redis returns.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -24,13 +30,16 @@ use redis::aio::ConnectionManager;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Script, ScriptInvocation};
+use sha2::Digest;
 use tokio::sync::OnceCell;
 
-use super::{ApplyError, Error, Lookup, Outcome, Store, Target};
-use crate::session::{Changes, Edit, Id, Policy, Refusal, json, now_ms};
+use super::{ApplyError, Error, Loaded, Lookup, Meta, Origin, Outcome, SessionInfo, Store, Target};
+use crate::session::{Changes, Edit, Id, Policy, Refusal, UserId, json, now_ms};
 
 const LOAD: &str = include_str!("redis/load.lua");
 const APPLY: &str = include_str!("redis/apply.lua");
+const KILL: &str = include_str!("redis/kill.lua");
+const INFO: &str = include_str!("redis/info.lua");
 /// Longest chain of rotations a late write follows.
 const MAX_HOPS: usize = 8;
 
@@ -60,6 +69,25 @@ pub struct RedisStore {
     policy: Policy,
     load: Script,
     apply: Script,
+    kill: Script,
+    info: Script,
+}
+
+/// What the apply script answered.
+enum Reply {
+    /// `user` and `before` are the bound user after and before ("" for none).
+    Applied { target: Target, has_data: bool, user: String, before: String },
+    Moved(Target),
+    Gone,
+    TooLarge(usize),
+}
+
+async fn deadline<T>(limit: Duration, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, Error> {
+    match tokio::time::timeout(limit, call).await {
+        Err(_) => Err(Error::Timeout(limit)),
+        Ok(Err(e)) => Err(Error::Unavailable(format!("redis: {e}"))),
+        Ok(Ok(v)) => Ok(v),
+    }
 }
 
 impl RedisStore {
@@ -81,9 +109,7 @@ impl RedisStore {
                 .set_response_timeout(Some(options.timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_secs(1));
-            Connection::Standalone(
-                ConnectionManager::new_lazy_with_config(client, config).map_err(bad_url)?,
-            )
+            Connection::Standalone(ConnectionManager::new_lazy_with_config(client, config).map_err(bad_url)?)
         };
         Ok(RedisStore {
             connection,
@@ -91,6 +117,8 @@ impl RedisStore {
             policy,
             load: Script::new(LOAD),
             apply: Script::new(APPLY),
+            kill: Script::new(KILL),
+            info: Script::new(INFO),
         })
     }
 
@@ -102,45 +130,49 @@ impl RedisStore {
         (format!("{base}:d"), format!("{base}:m"))
     }
 
+    /// The set of a user's session ids (its own hash slot: a hash of the user id).
+    fn user_key(&self, user: &UserId) -> String {
+        let digest = sha2::Sha256::digest(user.as_str().as_bytes());
+        let tag: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}u:{{{tag}}}", self.options.key_prefix)
+    }
+
     /// Runs a script invocation under the store's deadline.
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        invocation: &ScriptInvocation<'_>,
-    ) -> Result<T, Error> {
+    async fn run<T: redis::FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> Result<T, Error> {
         let call = async {
             match &self.connection {
-                Connection::Standalone(manager) => {
-                    invocation.invoke_async(&mut manager.clone()).await
-                }
+                Connection::Standalone(manager) => invocation.invoke_async(&mut manager.clone()).await,
                 Connection::Cluster(cluster) => {
                     let (client, cell) = &**cluster;
-                    let conn = cell
-                        .get_or_try_init(|| client.get_async_connection())
-                        .await?;
+                    let conn = cell.get_or_try_init(|| client.get_async_connection()).await?;
                     invocation.invoke_async(&mut conn.clone()).await
                 }
             }
         };
-        match tokio::time::timeout(self.options.timeout, call).await {
-            Err(_) => Err(Error::Timeout(self.options.timeout)),
-            Ok(Err(e)) => Err(Error::Unavailable(format!("redis: {e}"))),
-            Ok(Ok(v)) => Ok(v),
-        }
+        deadline(self.options.timeout, call).await
     }
 
-    async fn apply_to(&self, target: &Target, changes: &Changes) -> Result<Reply, Error> {
-        let now = now_ms();
-        let renewed = Target {
-            id: same_slot_id(&target.id),
-            issued_ms: now,
+    /// Runs one command under the store's deadline.
+    async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Error> {
+        let call = async {
+            match &self.connection {
+                Connection::Standalone(manager) => cmd.query_async(&mut manager.clone()).await,
+                Connection::Cluster(cluster) => {
+                    let (client, cell) = &**cluster;
+                    let conn = cell.get_or_try_init(|| client.get_async_connection()).await?;
+                    cmd.query_async(&mut conn.clone()).await
+                }
+            }
         };
+        deadline(self.options.timeout, call).await
+    }
+
+    async fn apply_to(&self, target: &Target, changes: &Changes, origin: &Origin) -> Result<Reply, Error> {
+        let now = now_ms();
+        let renewed = Target { id: same_slot_id(&target.id), issued_ms: now };
         let (data, marker) = self.keys(&target.id);
         let (new_data, new_marker) = self.keys(&renewed.id);
-        let old_left = self
-            .policy
-            .absolute_deadline(target.issued_ms)
-            .saturating_sub(now)
-            .max(1);
+        let old_left = self.policy.absolute_deadline(target.issued_ms).saturating_sub(now).max(1);
         let flags = match (changes.flush, changes.rotate) {
             (true, _) => "f",
             (false, true) => "r",
@@ -157,44 +189,69 @@ impl RedisStore {
             .arg(self.policy.absolute_ms)
             .arg(self.policy.max_bytes)
             .arg(flags)
-            .arg(format!("{}|{}", renewed.id, renewed.issued_ms));
+            .arg(format!("{}|{}", renewed.id, renewed.issued_ms))
+            .arg(changes.user.as_ref().map_or("", UserId::as_str))
+            .arg(if changes.flush { now } else { target.issued_ms })
+            .arg(origin.client.as_deref().unwrap_or(""))
+            .arg(origin.agent.as_deref().unwrap_or(""));
         for edit in &changes.edits {
             match edit {
-                Edit::Set(key, value) => invocation
-                    .arg("s")
-                    .arg(key.as_str())
-                    .arg(json::encode_value(value)),
+                Edit::Set(key, value) => invocation.arg("s").arg(key.as_str()).arg(json::encode_value(value)),
                 Edit::Delete(key) => invocation.arg("d").arg(key.as_str()).arg(""),
             };
         }
         let reply: Vec<String> = self.run(&invocation).await?;
+        let field = |i: usize| reply.get(i).cloned().unwrap_or_default();
         Ok(match reply.first().map(String::as_str) {
             Some("ok") => Reply::Applied {
-                target: if changes.renews_id() {
-                    renewed
-                } else {
-                    *target
-                },
-                has_data: reply.get(1).map(String::as_str) == Some("1"),
+                target: if changes.renews_id() { renewed } else { *target },
+                has_data: field(1) == "1",
+                user: field(2),
+                before: field(3),
             },
-            Some("moved") => reply
-                .get(1)
-                .and_then(|m| parse_successor(m))
-                .map_or(Reply::Gone, Reply::Moved),
-            Some("toolarge") => {
-                Reply::TooLarge(reply.get(1).and_then(|s| s.parse().ok()).unwrap_or(0))
-            }
+            Some("moved") => parse_successor(&field(1)).map_or(Reply::Gone, Reply::Moved),
+            Some("toolarge") => Reply::TooLarge(field(1).parse().unwrap_or(0)),
             _ => Reply::Gone,
         })
     }
-}
 
-/// What the apply script answered.
-enum Reply {
-    Applied { target: Target, has_data: bool },
-    Moved(Target),
-    Gone,
-    TooLarge(usize),
+    /// Keeps the user index in step with a change: the session joins its
+    /// user's set, and leaves the set of a user it no longer belongs to.
+    async fn index(&self, old: &Target, before: &str, new: &Target, after: &str, stored: bool) -> Result<(), Error> {
+        if let Some(user) = UserId::parse(before)
+            && (before != after || old.id != new.id || !stored)
+        {
+            self.cmd::<i64>(redis::cmd("SREM").arg(self.user_key(&user)).arg(old.id.to_string())).await?;
+        }
+        if stored && let Some(user) = UserId::parse(after) {
+            let key = self.user_key(&user);
+            self.cmd::<i64>(redis::cmd("SADD").arg(&key).arg(new.id.to_string())).await?;
+            self.cmd::<i64>(redis::cmd("PEXPIRE").arg(&key).arg(self.policy.absolute_ms)).await?;
+        }
+        Ok(())
+    }
+
+    /// The ids in a user's set.
+    async fn ids_of(&self, user: &UserId) -> Result<Vec<Id>, Error> {
+        let members: Vec<String> = self.cmd(redis::cmd("SMEMBERS").arg(self.user_key(user))).await?;
+        Ok(members.iter().filter_map(|m| Id::parse(m)).collect())
+    }
+
+    /// Ends one session of `user`; its set member goes either way.
+    async fn kill(&self, user: &UserId, id: &Id) -> Result<bool, Error> {
+        let (data, marker) = self.keys(id);
+        let mut invocation = self.kill.prepare_invoke();
+        invocation.key(data).key(marker).arg(user.as_str()).arg(self.policy.absolute_ms);
+        let killed: i64 = self.run(&invocation).await?;
+        self.cmd::<i64>(redis::cmd("SREM").arg(self.user_key(user)).arg(id.to_string())).await?;
+        Ok(killed == 1)
+    }
+
+    /// The last time a session was seen, from how much of its idle TTL is left.
+    fn seen_from_ttl(&self, pttl: i64, now: u64) -> u64 {
+        let used = self.policy.idle_ms.saturating_sub(u64::try_from(pttl).unwrap_or(0));
+        now.saturating_sub(used)
+    }
 }
 
 /// A fresh id whose first two characters (the hash tag) are `old`'s: the
@@ -209,19 +266,32 @@ fn same_slot_id(old: &Id) -> Id {
 
 fn parse_successor(text: &str) -> Option<Target> {
     let (id, issued) = text.split_once('|')?;
-    Some(Target {
-        id: Id::parse(id)?,
-        issued_ms: issued.parse().ok()?,
-    })
+    Some(Target { id: Id::parse(id)?, issued_ms: issued.parse().ok()? })
 }
 
-/// `{"k":v,...}` from the hash's fields, keys in the order serde_json uses
-/// (sorted), so every store sends the same text for the same session.
-fn encode_fields(pairs: &[Vec<u8>]) -> Vec<u8> {
-    let fields: BTreeMap<&[u8], &[u8]> = pairs
-        .chunks_exact(2)
-        .map(|kv| (kv[0].as_slice(), kv[1].as_slice()))
-        .collect();
+fn text(bytes: &[u8]) -> Option<Arc<str>> {
+    std::str::from_utf8(bytes).ok().filter(|s| !s.is_empty()).map(Arc::from)
+}
+
+/// `{"k":v,...}` from the hash's data fields, keys in the order serde_json
+/// uses (sorted), so every store sends the same text for the same session;
+/// and the metadata from the `#` fields.
+fn decode_fields(pairs: &[Vec<u8>]) -> (Vec<u8>, Meta) {
+    let mut meta = Meta::default();
+    let mut fields: BTreeMap<&[u8], &[u8]> = BTreeMap::new();
+    for kv in pairs.chunks_exact(2) {
+        let (k, v) = (kv[0].as_slice(), kv[1].as_slice());
+        match k {
+            b"#user" => meta.user = std::str::from_utf8(v).ok().and_then(UserId::parse),
+            b"#created" => meta.created_ms = std::str::from_utf8(v).ok().and_then(|t| t.parse().ok()).unwrap_or(0),
+            b"#client" => meta.client = text(v),
+            b"#agent" => meta.agent = text(v),
+            _ if k.starts_with(b"#") => {}
+            _ => {
+                fields.insert(k, v);
+            }
+        }
+    }
     let mut out = Vec::with_capacity(2 + pairs.iter().map(|p| p.len() + 2).sum::<usize>());
     out.push(b'{');
     for (i, (k, v)) in fields.iter().enumerate() {
@@ -234,7 +304,7 @@ fn encode_fields(pairs: &[Vec<u8>]) -> Vec<u8> {
         out.extend_from_slice(v);
     }
     out.push(b'}');
-    out
+    (out, meta)
 }
 
 impl Store for RedisStore {
@@ -242,47 +312,79 @@ impl Store for RedisStore {
         let (data, marker) = self.keys(id);
         let touch_ms = u64::try_from(self.options.touch_interval.as_millis()).unwrap_or(u64::MAX);
         let mut invocation = self.load.prepare_invoke();
-        invocation
-            .key(data)
-            .key(marker)
-            .arg(self.policy.idle_ms)
-            .arg(touch_ms.min(self.policy.idle_ms));
+        invocation.key(data).key(marker).arg(self.policy.idle_ms).arg(touch_ms.min(self.policy.idle_ms));
         let reply: Vec<Vec<u8>> = self.run(&invocation).await?;
         match reply.first().map(Vec::as_slice) {
-            Some(b"live") => {
-                let text = encode_fields(&reply[1..]);
-                let value =
-                    HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).map_err(|_| {
-                        Error::Unavailable(
-                            "redis: a stored session is not valid header text".to_owned(),
-                        )
-                    })?;
-                Ok(Lookup::Live(value))
+            Some(b"live") if reply.len() >= 2 => {
+                let pttl = std::str::from_utf8(&reply[1]).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+                let (text, mut meta) = decode_fields(&reply[2..]);
+                meta.last_seen_ms = self.seen_from_ttl(pttl, now_ms());
+                let data = HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+                    .map_err(|_| Error::Unavailable("redis: a stored session is not valid header text".to_owned()))?;
+                Ok(Lookup::Live(Loaded { data, meta }))
             }
             Some(b"dead") => Ok(Lookup::Dead),
             _ => Ok(Lookup::Unknown),
         }
     }
 
-    async fn apply(&self, target: &Target, changes: &Changes) -> Result<Outcome, ApplyError> {
-        let mut target = *target;
+    async fn apply(&self, target: &Target, changes: &Changes, origin: &Origin) -> Result<Outcome, ApplyError> {
+        let mut current = *target;
         for _ in 0..MAX_HOPS {
-            match self.apply_to(&target, changes).await? {
-                Reply::Applied { target, has_data } => {
-                    return Ok(Outcome::Applied { target, has_data });
+            match self.apply_to(&current, changes, origin).await? {
+                Reply::Applied { target, has_data, user, before } => {
+                    self.index(&current, &before, &target, &user, has_data).await?;
+                    let revoked = match UserId::parse(&user) {
+                        Some(user) if changes.revoke_others => self.revoke_user(&user, Some(&target.id)).await?,
+                        _ => 0,
+                    };
+                    return Ok(Outcome::Applied { target, has_data, revoked });
                 }
-                Reply::Moved(next) => target = next,
+                Reply::Moved(next) => current = next,
                 Reply::Gone => return Ok(Outcome::Gone),
-                Reply::TooLarge(size) => {
-                    return Err(Refusal::TooLarge {
-                        size,
-                        limit: self.policy.max_bytes,
-                    }
-                    .into());
-                }
+                Reply::TooLarge(size) => return Err(Refusal::TooLarge { size, limit: self.policy.max_bytes }.into()),
             }
         }
         Ok(Outcome::Gone)
+    }
+
+    async fn sessions_of(&self, user: &UserId) -> Result<Vec<SessionInfo>, Error> {
+        let now = now_ms();
+        let mut found = Vec::new();
+        for id in self.ids_of(user).await? {
+            let (data, _) = self.keys(&id);
+            let mut invocation = self.info.prepare_invoke();
+            invocation.key(data).arg(user.as_str());
+            let info: Vec<String> = self.run(&invocation).await?;
+            let [created, client, agent, pttl] = info.as_slice() else {
+                // Expired or rebound: drop the stale member.
+                self.cmd::<i64>(redis::cmd("SREM").arg(self.user_key(user)).arg(id.to_string())).await?;
+                continue;
+            };
+            found.push(SessionInfo {
+                handle: id.handle(),
+                created_ms: created.parse().unwrap_or(0),
+                last_seen_ms: self.seen_from_ttl(pttl.parse().unwrap_or(0), now),
+                client: (!client.is_empty()).then(|| client.clone()),
+                agent: (!agent.is_empty()).then(|| agent.clone()),
+            });
+        }
+        Ok(found)
+    }
+
+    async fn revoke_user(&self, user: &UserId, keep: Option<&Id>) -> Result<usize, Error> {
+        let mut revoked = 0;
+        for id in self.ids_of(user).await?.iter().filter(|id| Some(*id) != keep) {
+            revoked += self.kill(user, id).await? as usize;
+        }
+        Ok(revoked)
+    }
+
+    async fn revoke_handle(&self, user: &UserId, handle: &str) -> Result<bool, Error> {
+        match self.ids_of(user).await?.into_iter().find(|id| id.handle() == handle) {
+            Some(id) => self.kill(user, &id).await,
+            None => Ok(false),
+        }
     }
 
     /// Redis expires keys itself.
@@ -291,9 +393,7 @@ impl Store for RedisStore {
     }
 
     async fn check(&self) -> Result<(), Error> {
-        let ping = Script::new("return redis.call('PING')");
-        let invocation = ping.prepare_invoke();
-        self.run::<String>(&invocation).await.map(|_| ())
+        self.cmd::<String>(&redis::cmd("PING")).await.map(|_| ())
     }
 
     async fn count(&self) -> Result<Option<usize>, Error> {

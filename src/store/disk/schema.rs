@@ -10,7 +10,7 @@ use crate::config::Durability;
 
 /// Marks the file as sessiongate's ("SGAT").
 const APPLICATION_ID: i64 = 0x5347_4154;
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE sessions (
@@ -20,9 +20,24 @@ CREATE TABLE sessions (
     last_seen_ms     INTEGER NOT NULL,
     expires_ms       INTEGER NOT NULL,  -- next deadline: expiry if live, removal if dead
     successor        BLOB,              -- dead by rotation: where the session went
-    successor_issued INTEGER
+    successor_issued INTEGER,
+    user             TEXT,              -- bound user (live rows only)
+    created_ms       INTEGER,
+    client           TEXT,
+    agent            TEXT
 ) WITHOUT ROWID;
 CREATE INDEX sessions_expires ON sessions (expires_ms);
+CREATE INDEX sessions_user ON sessions (user) WHERE user IS NOT NULL;
+";
+
+/// Version 1 (before users and metadata) to 2.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE sessions ADD COLUMN user TEXT;
+ALTER TABLE sessions ADD COLUMN created_ms INTEGER;
+ALTER TABLE sessions ADD COLUMN client TEXT;
+ALTER TABLE sessions ADD COLUMN agent TEXT;
+CREATE INDEX sessions_user ON sessions (user) WHERE user IS NOT NULL;
+PRAGMA user_version = 2;
 ";
 
 /// Opens the writer's connection: checks an existing file before changing
@@ -81,12 +96,14 @@ fn check_existing(conn: &Connection, path: &Path) -> Result<(), OpenError> {
     if app != APPLICATION_ID {
         return Err(foreign(format!("application_id is {app:#x}")));
     }
-    if version != SCHEMA_VERSION {
-        return Err(foreign(format!(
-            "schema version {version}, this sessiongate reads version {SCHEMA_VERSION}"
-        )));
+    match version {
+        SCHEMA_VERSION => Ok(()),
+        // Checked and ours: upgrading it in place is safe.
+        1 => conn
+            .execute_batch(MIGRATE_1_TO_2)
+            .map_err(|e| corrupt(format!("upgrade from schema version 1 failed: {e}"))),
+        _ => Err(foreign(format!("schema version {version}, this sessiongate reads versions 1 and {SCHEMA_VERSION}"))),
     }
-    Ok(())
 }
 
 fn create(conn: &Connection) -> rusqlite::Result<()> {

@@ -10,23 +10,30 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use crate::session::{Changes, Id, Policy, next_data, now_ms};
-use crate::store::{ApplyError, Error, Outcome, Target};
+use super::rows;
+use crate::session::{Changes, Id, Policy, UserId, now_ms};
+use crate::store::{ApplyError, Error, Origin, Outcome, Target};
 
 /// Most jobs in one transaction; bounds the latency a batch adds.
 const MAX_BATCH: usize = 512;
-/// Longest chain of rotations a late write follows.
-const MAX_HOPS: usize = 8;
 
 pub enum Job {
     Apply {
         target: Target,
         changes: Changes,
+        origin: Origin,
         reply: oneshot::Sender<Result<Outcome, ApplyError>>,
+    },
+    /// End sessions of a user: all but `keep`, or the one with `handle`.
+    Revoke {
+        user: UserId,
+        keep: Option<Id>,
+        handle: Option<String>,
+        reply: oneshot::Sender<Result<usize, Error>>,
     },
     /// Refresh a live session's last-seen time; nobody waits for it.
     Touch { id: Id, now: u64 },
@@ -126,8 +133,17 @@ impl State {
                 Job::Apply {
                     target,
                     changes,
+                    origin,
                     reply,
-                } => applies.push((target, changes, reply)),
+                } => applies.push((target, changes, origin, reply)),
+                Job::Revoke {
+                    user,
+                    keep,
+                    handle,
+                    reply,
+                } => {
+                    let _ = reply.send(self.revoke(&user, keep.as_ref(), handle.as_deref()));
+                }
                 Job::Touch { id, now } => touches.push((id, now)),
                 Job::Sweep { reply } => {
                     let _ = reply.send(self.sweep());
@@ -137,28 +153,29 @@ impl State {
         if applies.is_empty() && touches.is_empty() {
             return;
         }
-        let jobs: Vec<(Target, Changes)> =
-            applies.iter().map(|(t, c, _)| (*t, c.clone())).collect();
-        match self.transaction(&jobs, &touches) {
+        let jobs: Vec<(Target, &Changes, &Origin)> = applies.iter().map(|(t, c, o, _)| (*t, c, o)).collect();
+        let batch = self.transaction(&jobs, &touches);
+        drop(jobs);
+        match batch {
             Ok(results) => {
-                for ((_, _, reply), (result, delta)) in applies.into_iter().zip(results) {
+                for ((.., reply), applied) in applies.into_iter().zip(results) {
                     self.answer(Pending {
                         reply,
-                        result,
-                        live_delta: delta,
+                        result: applied.outcome,
+                        live_delta: applied.live_delta,
                     });
                 }
             }
             Err(e) => {
-                warn!(path = %self.path.display(), error = %e, changes = jobs.len(), "disk store: batch commit failed; retrying each change alone");
-                for (target, changes, reply) in applies {
-                    let pending = match self.transaction(&[(target, changes)], &[]) {
+                warn!(path = %self.path.display(), error = %e, changes = applies.len(), "disk store: batch commit failed; retrying each change alone");
+                for (target, changes, origin, reply) in applies {
+                    let pending = match self.transaction(&[(target, &changes, &origin)], &[]) {
                         Ok(mut results) => {
-                            let (result, delta) = results.pop().expect("one result per job");
+                            let applied = results.pop().expect("one result per job");
                             Pending {
                                 reply,
-                                result,
-                                live_delta: delta,
+                                result: applied.outcome,
+                                live_delta: applied.live_delta,
                             }
                         }
                         Err(e) => Pending {
@@ -186,12 +203,7 @@ impl State {
 
     /// Applies the jobs and touches in one transaction; nothing is kept if
     /// any statement or the commit fails.
-    #[allow(clippy::type_complexity)]
-    fn transaction(
-        &mut self,
-        jobs: &[(Target, Changes)],
-        touches: &[(Id, u64)],
-    ) -> rusqlite::Result<Vec<(Result<Outcome, ApplyError>, isize)>> {
+    fn transaction(&mut self, jobs: &[(Target, &Changes, &Origin)], touches: &[(Id, u64)]) -> rusqlite::Result<Vec<rows::Applied>> {
         let policy = self.policy;
         let live = self.live.load(Ordering::Relaxed);
         let tx = self
@@ -200,11 +212,11 @@ impl State {
         let now = now_ms();
         let mut delta = 0isize;
         let mut results = Vec::with_capacity(jobs.len());
-        for (target, changes) in jobs {
+        for (target, changes, origin) in jobs {
             let capacity = policy.max_sessions as isize - live as isize - delta;
-            let (result, d) = apply_one(&tx, *target, changes, &policy, now, capacity)?;
-            delta += d;
-            results.push((result, d));
+            let applied = rows::apply(&tx, *target, changes, origin, &policy, now, capacity)?;
+            delta += applied.live_delta;
+            results.push(applied);
         }
         for (id, seen) in touches {
             tx.prepare_cached(
@@ -223,7 +235,7 @@ impl State {
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let expired = tx.execute(
-                "UPDATE sessions SET data = NULL, successor = NULL, successor_issued = NULL, expires_ms = issued_ms + ?2 \
+                "UPDATE sessions SET data = NULL, user = NULL, successor = NULL, successor_issued = NULL, expires_ms = issued_ms + ?2 \
                  WHERE data IS NOT NULL AND expires_ms <= ?1",
                 params![now, self.policy.absolute_ms as i64],
             )?;
@@ -243,157 +255,24 @@ impl State {
         );
         Ok(expired)
     }
-}
 
-/// What a write finds for an id.
-enum Found {
-    Data(Option<Vec<u8>>, u64),
-    Moved(Target),
-    Gone,
-}
-
-fn find(tx: &Connection, t: &Target, policy: &Policy, now: u64) -> rusqlite::Result<Found> {
-    let mut stmt = tx.prepare_cached("SELECT data, issued_ms, last_seen_ms, successor, successor_issued FROM sessions WHERE id = ?1")?;
-    let row = stmt
-        .query_row(params![t.id.as_bytes().as_slice()], |r| {
-            Ok((
-                r.get::<_, Option<Vec<u8>>>(0)?,
-                r.get::<_, i64>(1)? as u64,
-                r.get::<_, i64>(2)? as u64,
-                r.get::<_, Option<Vec<u8>>>(3)?,
-                r.get::<_, Option<i64>>(4)?,
-            ))
-        })
-        .optional()?;
-    Ok(match row {
-        None => Found::Data(None, t.issued_ms),
-        Some((Some(_), issued, seen, _, _)) if policy.is_expired(issued, seen, now) => Found::Gone,
-        Some((Some(data), issued, _, _, _)) => Found::Data(Some(data), issued),
-        Some((None, _, _, Some(next), Some(next_issued))) => {
-            match <[u8; 32]>::try_from(next.as_slice()) {
-                Ok(bytes) => Found::Moved(Target {
-                    id: Id::from_bytes(bytes),
-                    issued_ms: next_issued as u64,
-                }),
-                Err(_) => Found::Gone,
-            }
-        }
-        Some((None, ..)) => Found::Gone,
-    })
-}
-
-/// One change: the logical result and the change in live sessions.
-/// `capacity` is how many more live sessions fit.
-fn apply_one(
-    tx: &Connection,
-    target: Target,
-    changes: &Changes,
-    policy: &Policy,
-    now: u64,
-    capacity: isize,
-) -> rusqlite::Result<(Result<Outcome, ApplyError>, isize)> {
-    let mut t = target;
-    for _ in 0..MAX_HOPS {
-        match find(tx, &t, policy, now)? {
-            Found::Data(current, issued_ms) => {
-                let t = Target {
-                    id: t.id,
-                    issued_ms,
-                };
-                return write(tx, t, current, changes, policy, now, capacity);
-            }
-            Found::Moved(next) => t = next,
-            Found::Gone => return Ok((Ok(Outcome::Gone), 0)),
-        }
+    /// Ends sessions of `user` in one transaction; returns how many.
+    fn revoke(&mut self, user: &UserId, keep: Option<&Id>, handle: Option<&str>) -> Result<usize, Error> {
+        let policy = self.policy;
+        let result = (|| -> rusqlite::Result<usize> {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = match handle {
+                None => rows::revoke_user(&tx, user, keep, &policy)?,
+                Some(handle) => match rows::of_user(&tx, user)?.into_iter().find(|(id, _)| id.handle() == handle) {
+                    Some((id, _)) => rows::kill(&tx, &id, user, &policy)? as usize,
+                    None => 0,
+                },
+            };
+            tx.commit()?;
+            Ok(n)
+        })();
+        let n = result.map_err(|e| self.unavailable(e))?;
+        self.live.fetch_sub(n.min(self.live.load(Ordering::Relaxed)), Ordering::Relaxed);
+        Ok(n)
     }
-    Ok((Ok(Outcome::Gone), 0))
-}
-
-fn write(
-    tx: &Connection,
-    target: Target,
-    current: Option<Vec<u8>>,
-    changes: &Changes,
-    policy: &Policy,
-    now: u64,
-    capacity: isize,
-) -> rusqlite::Result<(Result<Outcome, ApplyError>, isize)> {
-    let had = current.is_some();
-    let next = match next_data(current.as_deref(), changes, policy.max_bytes) {
-        Ok(next) => next,
-        Err(refusal) => return Ok((Err(refusal.into()), 0)),
-    };
-    if next.is_some() && !had && capacity <= 0 {
-        return Ok((
-            Err(Error::Full {
-                limit: policy.max_sessions,
-            }
-            .into()),
-            0,
-        ));
-    }
-    let delta = next.is_some() as isize - had as isize;
-    let renewed = changes.renews_id().then(|| Target {
-        id: Id::random(),
-        issued_ms: now,
-    });
-    let session = renewed.unwrap_or(target);
-    match &next {
-        Some(data) => put_live(tx, &session, data, policy, now)?,
-        None if renewed.is_none() => {
-            tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
-                .execute(params![target.id.as_bytes().as_slice()])?;
-        }
-        None => {}
-    }
-    if let Some(renewed) = renewed {
-        let successor = (!changes.flush).then_some(renewed);
-        put_dead(tx, &target, successor, policy)?;
-    }
-    let has_data = next.is_some();
-    Ok((
-        Ok(Outcome::Applied {
-            target: session,
-            has_data,
-        }),
-        delta,
-    ))
-}
-
-fn put_live(
-    tx: &Connection,
-    t: &Target,
-    data: &[u8],
-    policy: &Policy,
-    now: u64,
-) -> rusqlite::Result<()> {
-    let expires = now
-        .saturating_add(policy.idle_ms)
-        .min(policy.absolute_deadline(t.issued_ms));
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO sessions (id, data, issued_ms, last_seen_ms, expires_ms, successor, successor_issued) \
-         VALUES (?1, ?2, ?3, ?4, ?5, NULL, NULL)",
-    )?
-    .execute(params![t.id.as_bytes().as_slice(), data, t.issued_ms as i64, now as i64, expires as i64])?;
-    Ok(())
-}
-
-fn put_dead(
-    tx: &Connection,
-    t: &Target,
-    successor: Option<Target>,
-    policy: &Policy,
-) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO sessions (id, data, issued_ms, last_seen_ms, expires_ms, successor, successor_issued) \
-         VALUES (?1, NULL, ?2, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
-        t.id.as_bytes().as_slice(),
-        t.issued_ms as i64,
-        policy.absolute_deadline(t.issued_ms) as i64,
-        successor.map(|s| s.id.as_bytes().to_vec()),
-        successor.map(|s| s.issued_ms as i64),
-    ])?;
-    Ok(())
 }

@@ -3,10 +3,12 @@
 --       pre-drawn in the same cluster slot; unused unless Flush or Rotate).
 -- ARGV: idle_ms, old_left_ms (to the old id's absolute deadline),
 --       new_left_ms, max_bytes, flags ('f' flush, 'r' rotate),
---       successor ('<new id>|<issued ms>'), then edits as triples
---       ('s', key, json) or ('d', key, '').
--- Returns {'ok', '1'|'0' (has data)}, {'moved', successor},
---         {'gone'} or {'toolarge', size}.
+--       successor ('<new id>|<issued ms>'), user to bind ('' for none),
+--       created ms, client, agent (recorded if the session is new),
+--       then edits as triples ('s', key, json) or ('d', key, '').
+-- Fields starting with '#' are metadata, not session keys.
+-- Returns {'ok', '1'|'0' (stored), user after, user before},
+--         {'moved', successor}, {'gone'} or {'toolarge', size}.
 local data, marker, new_data, new_marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local idle = tonumber(ARGV[1])
 local old_left, new_left = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -14,7 +16,9 @@ local max_bytes = tonumber(ARGV[4])
 local flush = string.find(ARGV[5], 'f', 1, true) ~= nil
 local renew = flush or string.find(ARGV[5], 'r', 1, true) ~= nil
 local successor = ARGV[6]
-local EDITS = 7
+local bind = ARGV[7]
+local created, client, agent = ARGV[8], ARGV[9], ARGV[10]
+local EDITS = 11
 
 -- Dead or moved ids first: a late write follows a rotation, never a flush.
 if redis.call('EXISTS', data) == 0 then
@@ -29,11 +33,26 @@ end
 
 -- The session after the edits, computed before anything is written.
 local fields = {}
-if not flush then
-  local all = redis.call('HGETALL', data)
-  for i = 1, #all, 2 do
+local all = redis.call('HGETALL', data)
+local before = ''
+for i = 1, #all, 2 do
+  if all[i] == '#user' then
+    before = all[i + 1]
+  end
+  if not flush then
     fields[all[i]] = all[i + 1]
   end
+end
+local meta_changed = false
+if fields['#created'] == nil then
+  fields['#created'] = created
+  if client ~= '' then fields['#client'] = client end
+  if agent ~= '' then fields['#agent'] = agent end
+  meta_changed = true
+end
+if bind ~= '' and bind ~= fields['#user'] then
+  fields['#user'] = bind
+  meta_changed = true
 end
 for i = EDITS, #ARGV, 3 do
   if ARGV[i] == 's' then
@@ -45,9 +64,12 @@ end
 -- Size of the encoded object {"k":v,...}: keys need no escaping.
 local size, n = 2, 0
 for k, v in pairs(fields) do
-  size = size + #k + 3 + #v
-  n = n + 1
+  if string.sub(k, 1, 1) ~= '#' then
+    size = size + #k + 3 + #v
+    n = n + 1
+  end
 end
+local after = fields['#user'] or ''
 if n > 1 then
   size = size + n - 1
 end
@@ -66,12 +88,12 @@ if renew then
   redis.call('SET', marker, next, 'PX', old_left)
 end
 
-if n == 0 then
+if n == 0 and after == '' then
   if not renew then
     -- Emptied: back to an unknown id, not a dead one.
     redis.call('DEL', data, marker)
   end
-  return {'ok', '0'}
+  return {'ok', '0', '', before}
 end
 
 if renew then
@@ -96,6 +118,16 @@ else
       redis.call('HDEL', data, ARGV[i + 1])
     end
   end
+  if meta_changed then
+    local meta = {}
+    for _, k in ipairs({'#created', '#client', '#agent', '#user'}) do
+      if fields[k] ~= nil then
+        meta[#meta + 1] = k
+        meta[#meta + 1] = fields[k]
+      end
+    end
+    redis.call('HSET', data, unpack(meta))
+  end
 end
 
 local ttl = idle
@@ -106,4 +138,4 @@ redis.call('PEXPIRE', target_data, ttl)
 if redis.call('EXISTS', target_marker) == 0 then
   redis.call('SET', target_marker, '', 'PX', left)
 end
-return {'ok', '1'}
+return {'ok', '1', after, before}

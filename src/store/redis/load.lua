@@ -1,5 +1,6 @@
 -- Load a session. KEYS: data hash, marker. ARGV: idle_ms, refresh_ms.
--- Returns {'live', field, value, ...}, {'dead'} or {'unknown'}.
+-- Returns {'live', pttl_before, field, value, ...}, {'dead'} or {'unknown'}.
+-- Fields starting with '#' are metadata (user, created, client, agent).
 -- The data hash expires after idle_ms without a refresh, never beyond the
 -- marker (which expires at the id's absolute deadline). A read refreshes the
 -- TTL only if it was last refreshed more than refresh_ms ago, so reads do
@@ -22,5 +23,6 @@ if ttl >= 0 and ttl < idle - refresh then
   end
   redis.call('PEXPIRE', data, want)
 end
+table.insert(fields, 1, tostring(ttl))
 table.insert(fields, 1, 'live')
 return fields
