@@ -73,7 +73,12 @@ fn bench_store<S: Store>(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: 
             i += 1;
             let changes = set("counter", i);
             let store = &store;
-            async move { store.apply(&target, &changes, &Origin::default()).await.unwrap() }
+            async move {
+                store
+                    .apply(&target, &changes, &Origin::default())
+                    .await
+                    .unwrap()
+            }
         })
     });
     let mut current = rt.block_on(seeded(&store));
@@ -83,8 +88,9 @@ fn bench_store<S: Store>(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: 
                 rotate: true,
                 ..Changes::default()
             };
-            if let Outcome::Applied { target, .. } =
-                rt.block_on(store.apply(&current, &rotate, &Origin::default())).unwrap()
+            if let Outcome::Applied { target, .. } = rt
+                .block_on(store.apply(&current, &rotate, &Origin::default()))
+                .unwrap()
             {
                 current = target;
             }

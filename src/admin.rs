@@ -23,8 +23,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
 use serde_json::json;
+use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::proxy::Proxy;
@@ -102,7 +102,10 @@ async fn route<S: Store>(req: Request<Incoming>, proxy: &Proxy<S>) -> Response<F
 /// The session admin API.
 async fn sessions<S: Store>(req: &Request<Incoming>, proxy: &Proxy<S>) -> Response<Full<Bytes>> {
     let Some(token) = proxy.settings().admin_token.clone() else {
-        return text(StatusCode::NOT_FOUND, "the session admin API is off (set admin.token)\n");
+        return text(
+            StatusCode::NOT_FOUND,
+            "the session admin API is off (set admin.token)\n",
+        );
     };
     let offered = req
         .headers()
@@ -110,8 +113,12 @@ async fn sessions<S: Store>(req: &Request<Incoming>, proxy: &Proxy<S>) -> Respon
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .unwrap_or_default();
     if !token.matches(offered) {
-        let mut rsp = text(StatusCode::UNAUTHORIZED, "a valid bearer token is required\n");
-        rsp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        let mut rsp = text(
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required\n",
+        );
+        rsp.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return rsp;
     }
     let path = req.uri().path();
@@ -120,17 +127,30 @@ async fn sessions<S: Store>(req: &Request<Incoming>, proxy: &Proxy<S>) -> Respon
         .and_then(|(_, v)| UserId::parse(&v));
     let store = proxy.store();
     let result = match (req.method().clone(), path, user) {
-        (Method::GET, "/sessions/count", _) => store.count().await.map(|n| json!({ "sessions": n })),
+        (Method::GET, "/sessions/count", _) => {
+            store.count().await.map(|n| json!({ "sessions": n }))
+        }
         (Method::GET, "/sessions", Some(user)) => store
             .sessions_of(&user)
             .await
             .map(|list| json!({ "user": user.as_str(), "sessions": list })),
-        (Method::DELETE, "/sessions", Some(user)) => store.revoke_user(&user, None).await.map(|n| json!({ "revoked": n })),
-        (Method::DELETE, handle, Some(user)) => match store.revoke_handle(&user, &handle["/sessions/".len()..]).await {
+        (Method::DELETE, "/sessions", Some(user)) => store
+            .revoke_user(&user, None)
+            .await
+            .map(|n| json!({ "revoked": n })),
+        (Method::DELETE, handle, Some(user)) => match store
+            .revoke_handle(&user, &handle["/sessions/".len()..])
+            .await
+        {
             Ok(false) => return text(StatusCode::NOT_FOUND, "no such session for this user\n"),
             other => other.map(|_| json!({ "revoked": 1 })),
         },
-        (Method::GET | Method::DELETE, _, None) => return text(StatusCode::BAD_REQUEST, "a `user` query parameter is required\n"),
+        (Method::GET | Method::DELETE, _, None) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "a `user` query parameter is required\n",
+            );
+        }
         _ => return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
     };
     match result {
@@ -139,7 +159,8 @@ async fn sessions<S: Store>(req: &Request<Incoming>, proxy: &Proxy<S>) -> Respon
                 info!(path, revoked = %body["revoked"], "sessions revoked through the admin API");
             }
             let mut rsp = Response::new(Full::new(Bytes::from(body.to_string())));
-            rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            rsp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             rsp
         }
         Err(e) => {

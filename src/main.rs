@@ -109,11 +109,21 @@ fn health(config: &Config) -> ExitCode {
 
 /// One call to the session admin API; prints its JSON answer.
 fn sessions(config: &Config, action: SessionsAction) -> ExitCode {
-    let user_query = |user: &str| form_urlencoded::Serializer::new(String::new()).append_pair("user", user).finish();
+    let user_query = |user: &str| {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("user", user)
+            .finish()
+    };
     let (method, path) = match &action {
         SessionsAction::List { user } => ("GET", format!("/sessions?{}", user_query(user))),
-        SessionsAction::Revoke { user, session: None } => ("DELETE", format!("/sessions?{}", user_query(user))),
-        SessionsAction::Revoke { user, session: Some(handle) } => ("DELETE", format!("/sessions/{handle}?{}", user_query(user))),
+        SessionsAction::Revoke {
+            user,
+            session: None,
+        } => ("DELETE", format!("/sessions?{}", user_query(user))),
+        SessionsAction::Revoke {
+            user,
+            session: Some(handle),
+        } => ("DELETE", format!("/sessions/{handle}?{}", user_query(user))),
         SessionsAction::Count => ("GET", "/sessions/count".to_owned()),
     };
     match client::call(config, method, &path) {
@@ -122,7 +132,11 @@ fn sessions(config: &Config, action: SessionsAction) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(answer) => {
-            eprintln!("sessiongate: the admin API answered {}: {}", answer.status, answer.body.trim_end());
+            eprintln!(
+                "sessiongate: the admin API answered {}: {}",
+                answer.status,
+                answer.body.trim_end()
+            );
             ExitCode::FAILURE
         }
         Err(e) => {

@@ -146,7 +146,9 @@ pub fn parse_operations<'a>(
             "rotate" => expect_one("rotate", value).map(|()| changes.rotate = true),
             "flush" => expect_one("flush", value).map(|()| changes.flush = true),
             "user" => parse_user(value).map(|user| changes.user = Some(user)),
-            "revoke-others" => expect_one("revoke-others", value).map(|()| changes.revoke_others = true),
+            "revoke-others" => {
+                expect_one("revoke-others", value).map(|()| changes.revoke_others = true)
+            }
             _ => continue,
         };
         count += 1;
@@ -200,7 +202,10 @@ fn parse_delete(value: &[u8]) -> Result<Edit, Malformed> {
 }
 
 fn parse_user(value: &[u8]) -> Result<UserId, Malformed> {
-    std::str::from_utf8(value).ok().and_then(UserId::parse).ok_or(Malformed::BadUser)
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(UserId::parse)
+        .ok_or(Malformed::BadUser)
 }
 
 fn expect_one(header: &'static str, value: &[u8]) -> Result<(), Malformed> {
@@ -235,7 +240,11 @@ pub fn inject(prefix: &HeaderPrefix, headers: &mut HeaderMap, session: Injected)
     if let Some(seen) = session.last_seen {
         headers.insert(prefix.last_seen.clone(), HeaderValue::from(seen));
     }
-    for (name, value) in [(&prefix.user, session.user), (&prefix.client, session.client), (&prefix.agent, session.agent)] {
+    for (name, value) in [
+        (&prefix.user, session.user),
+        (&prefix.client, session.client),
+        (&prefix.agent, session.agent),
+    ] {
         if let Some(value) = value {
             headers.insert(name.clone(), value);
         }

@@ -312,7 +312,13 @@ impl<S: Store> Proxy<S> {
         parts.version = Version::HTTP_11;
         if let Some(key) = &s.upstream.signing_key {
             let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            let signature = key.sign(&s.prefix, parts.method.as_str(), target, &parts.headers, now_ms() / 1000);
+            let signature = key.sign(
+                &s.prefix,
+                parts.method.as_str(),
+                target,
+                &parts.headers,
+                now_ms() / 1000,
+            );
             parts.headers.insert(s.prefix.signature.clone(), signature);
         }
         Ok(())
@@ -419,12 +425,19 @@ impl<S: Store> Proxy<S> {
             return Ok(unchanged);
         }
         let started = std::time::Instant::now();
-        let applied = self.store.apply(&session.target, &changes, &session.origin).await;
+        let applied = self
+            .store
+            .apply(&session.target, &changes, &session.origin)
+            .await;
         self.metrics
             .store_latency
             .observe(started.elapsed().as_secs_f64());
         match applied {
-            Ok(Outcome::Applied { target, has_data, revoked }) => {
+            Ok(Outcome::Applied {
+                target,
+                has_data,
+                revoked,
+            }) => {
                 if changes.flush {
                     self.metrics.session_event("flushed", 1);
                 } else if changes.rotate {
@@ -488,8 +501,13 @@ fn injected(session: &Resolved) -> protocol::Injected {
     protocol::Injected {
         id: HeaderValue::try_from(session.target.id.to_string()).expect("ids are base64url"),
         new: session.started,
-        data: session.data.clone().unwrap_or(HeaderValue::from_static("{}")),
-        user: meta.and_then(|m| m.user.as_ref()).and_then(|u| value(u.as_str())),
+        data: session
+            .data
+            .clone()
+            .unwrap_or(HeaderValue::from_static("{}")),
+        user: meta
+            .and_then(|m| m.user.as_ref())
+            .and_then(|u| value(u.as_str())),
         created: meta.map_or(session.target.issued_ms, |m| m.created_ms) / 1000,
         last_seen: meta.map(|m| m.last_seen_ms / 1000),
         client: meta.and_then(|m| m.client.as_deref()).and_then(value),
@@ -511,7 +529,10 @@ fn origin(s: &Settings, headers: &HeaderMap, down: &Downstream) -> Origin {
         .map(|v| v.trim().to_owned())
         .unwrap_or_else(|| down.peer.ip().to_string());
     // Bounded: a User-Agent is recorded, not a novel.
-    let agent = headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|ua| ua.chars().take(256).collect::<String>());
+    let agent = headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(256).collect::<String>());
     Origin {
         client: Some(client.into()),
         agent: agent.map(Into::into),

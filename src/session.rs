@@ -159,7 +159,8 @@ pub const MAX_USER_LEN: usize = 256;
 
 impl UserId {
     pub fn parse(text: &str) -> Option<UserId> {
-        let ok = (1..=MAX_USER_LEN).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic());
+        let ok =
+            (1..=MAX_USER_LEN).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic());
         ok.then(|| UserId(Arc::from(text)))
     }
 
@@ -189,7 +190,11 @@ pub struct Changes {
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        !self.flush && !self.rotate && self.edits.is_empty() && self.user.is_none() && !self.revoke_others
+        !self.flush
+            && !self.rotate
+            && self.edits.is_empty()
+            && self.user.is_none()
+            && !self.revoke_others
     }
 
     /// The user the session is bound to after these changes.

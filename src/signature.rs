@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! v1\n<t>\n<METHOD>\n<path and query as forwarded>\n
-//! <name>:<value>\n   (one line per X-Session-* header sent, names lower-case, sorted)
+//! <name>:<value>\n   (one line per X-Session-* header sent, name lower-case;
+//!                     the lines sorted bytewise, as `LC_ALL=C sort` does)
 //! ```
 //!
 //! so an upstream that can also be reached directly can refuse requests
@@ -32,23 +33,34 @@ impl SigningKey {
     }
 
     /// The signature value for a request about to be forwarded.
-    pub fn sign(&self, prefix: &HeaderPrefix, method: &str, path_and_query: &str, headers: &HeaderMap, now_s: u64) -> HeaderValue {
-        let mut ours: Vec<(&str, &[u8])> = headers
+    pub fn sign(
+        &self,
+        prefix: &HeaderPrefix,
+        method: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        now_s: u64,
+    ) -> HeaderValue {
+        let mut lines: Vec<Vec<u8>> = headers
             .iter()
             .filter(|(n, _)| prefix.matches(n.as_str()) && **n != prefix.signature)
-            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .map(|(n, v)| [n.as_str().as_bytes(), b":", v.as_bytes()].concat())
             .collect();
-        ours.sort();
+        lines.sort();
         let mut mac = self.0.clone();
         mac.update(format!("v1\n{now_s}\n{method}\n{path_and_query}\n").as_bytes());
-        for (name, value) in ours {
-            mac.update(name.as_bytes());
-            mac.update(b":");
-            mac.update(value);
+        for line in lines {
+            mac.update(&line);
             mac.update(b"\n");
         }
-        let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-        HeaderValue::try_from(format!("t={now_s},v1={hex}")).expect("digits and hex are a valid header value")
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        HeaderValue::try_from(format!("t={now_s},v1={hex}"))
+            .expect("digits and hex are a valid header value")
     }
 }
 
@@ -64,7 +76,16 @@ mod tests {
         h.insert("x-session-id", HeaderValue::from_static("abc"));
         h.insert("x-session-data", HeaderValue::from_static("{}"));
         h.insert("x-other", HeaderValue::from_static("ignored"));
-        let sig = SigningKey::new(&[b'k'; 32]).sign(&HeaderPrefix::default(), "GET", "/a?b=1", &h, 1_700_000_000);
-        assert_eq!(sig, "t=1700000000,v1=3537f1f8c8ea3bf54a96d8b244ed0e66a76afa02c3173b7c5a9f8cc4b81da487");
+        let sig = SigningKey::new(&[b'k'; 32]).sign(
+            &HeaderPrefix::default(),
+            "GET",
+            "/a?b=1",
+            &h,
+            1_700_000_000,
+        );
+        assert_eq!(
+            sig,
+            "t=1700000000,v1=3537f1f8c8ea3bf54a96d8b244ed0e66a76afa02c3173b7c5a9f8cc4b81da487"
+        );
     }
 }

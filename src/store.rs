@@ -144,13 +144,24 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Outcome, ApplyError>> + Send;
 
     /// The live sessions bound to `user`.
-    fn sessions_of(&self, user: &UserId) -> impl Future<Output = Result<Vec<SessionInfo>, Error>> + Send;
+    fn sessions_of(
+        &self,
+        user: &UserId,
+    ) -> impl Future<Output = Result<Vec<SessionInfo>, Error>> + Send;
 
     /// Ends the sessions of `user` (all but `keep`, if given); returns how many.
-    fn revoke_user(&self, user: &UserId, keep: Option<&Id>) -> impl Future<Output = Result<usize, Error>> + Send;
+    fn revoke_user(
+        &self,
+        user: &UserId,
+        keep: Option<&Id>,
+    ) -> impl Future<Output = Result<usize, Error>> + Send;
 
     /// Ends the session of `user` with this handle; false if there is none.
-    fn revoke_handle(&self, user: &UserId, handle: &str) -> impl Future<Output = Result<bool, Error>> + Send;
+    fn revoke_handle(
+        &self,
+        user: &UserId,
+        handle: &str,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Removes what has expired; returns how many live sessions expired.
     fn sweep(&self) -> impl Future<Output = Result<usize, Error>> + Send;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sessiongate::session::{Changes, Edit, Id, Key, Policy, now_ms};
+use sessiongate::session::{Changes, Edit, Id, Key, Policy, UserId, now_ms};
 use sessiongate::store::{ApplyError, Error, Lookup, Origin, Outcome, Store, Target};
 
 fn policy() -> Policy {
@@ -108,8 +108,14 @@ pub async fn set_then_load_returns_the_data<S: Store>(store: S) {
 pub async fn deleting_every_key_leaves_an_unknown_not_a_dead_id<S: Store>(store: S) {
     let t = target();
     apply(&store, &t, &set("a", json!(1))).await;
-    match store.apply(&t, &delete("a"), &Origin::default()).await.unwrap() {
-        Outcome::Applied { target, has_data, .. } => assert_eq!((target, has_data), (t, false)),
+    match store
+        .apply(&t, &delete("a"), &Origin::default())
+        .await
+        .unwrap()
+    {
+        Outcome::Applied {
+            target, has_data, ..
+        } => assert_eq!((target, has_data), (t, false)),
         other => panic!("{other:?}"),
     }
     assert_eq!(store.load(&t.id).await.unwrap(), Lookup::Unknown);
@@ -165,7 +171,9 @@ pub async fn flush_destroys_the_session_and_a_late_write_is_dropped<S: Store>(st
     let t = target();
     apply(&store, &t, &set("a", json!(1))).await;
     match store.apply(&t, &flush(), &Origin::default()).await.unwrap() {
-        Outcome::Applied { target, has_data, .. } => {
+        Outcome::Applied {
+            target, has_data, ..
+        } => {
             assert_ne!(target.id, t.id);
             assert!(!has_data);
         }
@@ -173,7 +181,10 @@ pub async fn flush_destroys_the_session_and_a_late_write_is_dropped<S: Store>(st
     }
     assert_eq!(store.load(&t.id).await.unwrap(), Lookup::Dead);
     assert_eq!(
-        store.apply(&t, &set("late", json!(1)), &Origin::default()).await.unwrap(),
+        store
+            .apply(&t, &set("late", json!(1)), &Origin::default())
+            .await
+            .unwrap(),
         Outcome::Gone
     );
     assert_held!(&store, 0);
@@ -219,7 +230,10 @@ pub async fn an_idle_session_expires<S: Store>(store: S) {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(store.load(&t.id).await.unwrap(), Lookup::Dead);
     assert_eq!(
-        store.apply(&t, &set("b", json!(2)), &Origin::default()).await.unwrap(),
+        store
+            .apply(&t, &set("b", json!(2)), &Origin::default())
+            .await
+            .unwrap(),
         Outcome::Gone,
         "no resurrection"
     );
@@ -255,7 +269,10 @@ pub async fn a_full_store_refuses_new_sessions_but_serves_existing_ones<S: Store
     let first = target();
     apply(&store, &first, &set("a", json!(1))).await;
     apply(&store, &target(), &set("a", json!(1))).await;
-    match store.apply(&target(), &set("a", json!(1)), &Origin::default()).await {
+    match store
+        .apply(&target(), &set("a", json!(1)), &Origin::default())
+        .await
+    {
         Err(ApplyError::Store(Error::Full { limit: 2 })) => {}
         other => panic!("expected Full, got {other:?}"),
     }
@@ -266,6 +283,162 @@ pub async fn a_full_store_refuses_new_sessions_but_serves_existing_ones<S: Store
         Some(json!({"a": 1, "b": 2})),
         "rotation is not a new session"
     );
+}
+
+fn user(name: &str) -> UserId {
+    UserId::parse(name).unwrap()
+}
+
+fn bind(name: &str) -> Changes {
+    Changes {
+        user: Some(user(name)),
+        ..Changes::default()
+    }
+}
+
+fn meta(loaded: Lookup) -> sessiongate::store::Meta {
+    match loaded {
+        Lookup::Live(l) => l.meta,
+        other => panic!("not live: {other:?}"),
+    }
+}
+
+pub async fn a_bound_user_is_indexed_with_its_metadata<S: Store>(store: S) {
+    let (a, b, other) = (target(), target(), target());
+    let origin = Origin {
+        client: Some("203.0.113.9".into()),
+        agent: Some("TestBrowser/1.0".into()),
+    };
+    store.apply(&a, &set("k", json!(1)), &origin).await.unwrap();
+    apply(&store, &a, &bind("alice")).await;
+    apply(&store, &b, &bind("alice")).await;
+    apply(&store, &other, &bind("bob")).await;
+    let m = meta(store.load(&a.id).await.unwrap());
+    assert_eq!(m.user, Some(user("alice")));
+    assert_eq!(
+        m.created_ms, a.issued_ms,
+        "created when the cookie was issued"
+    );
+    assert_eq!(m.client.as_deref(), Some("203.0.113.9"));
+    assert_eq!(m.agent.as_deref(), Some("TestBrowser/1.0"));
+    assert!(m.last_seen_ms > 0);
+    // A user binding alone is stored (no data needed).
+    assert_eq!(data(&store, &b.id).await, Some(json!({})));
+    let mut handles: Vec<String> = store
+        .sessions_of(&user("alice"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.handle)
+        .collect();
+    handles.sort();
+    let mut expected = vec![a.id.handle(), b.id.handle()];
+    expected.sort();
+    assert_eq!(handles, expected);
+    let listed = store.sessions_of(&user("alice")).await.unwrap();
+    let first = listed.iter().find(|i| i.handle == a.id.handle()).unwrap();
+    assert_eq!(first.client.as_deref(), Some("203.0.113.9"));
+    assert!(
+        !serde_json::to_string(&listed)
+            .unwrap()
+            .contains(&a.id.to_string()),
+        "ids never listed"
+    );
+}
+
+pub async fn rotation_keeps_the_user_and_creation_time_and_flush_unbinds<S: Store>(store: S) {
+    let t = target();
+    let mut changes = set("k", json!(1));
+    changes.user = Some(user("alice"));
+    apply(&store, &t, &changes).await;
+    let rotated = apply(&store, &t, &rotate()).await;
+    let m = meta(store.load(&rotated.id).await.unwrap());
+    assert_eq!((m.user, m.created_ms), (Some(user("alice")), t.issued_ms));
+    let listed: Vec<String> = store
+        .sessions_of(&user("alice"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.handle)
+        .collect();
+    assert_eq!(
+        listed,
+        [rotated.id.handle()],
+        "the index follows the rotation"
+    );
+    let flushed = apply(&store, &rotated, &flush()).await;
+    assert!(
+        store.sessions_of(&user("alice")).await.unwrap().is_empty(),
+        "flush removes the binding"
+    );
+    assert_eq!(store.load(&flushed.id).await.unwrap(), Lookup::Unknown);
+}
+
+pub async fn revoke_others_ends_every_other_session_of_the_user<S: Store>(store: S) {
+    let (a, b, c, bob) = (target(), target(), target(), target());
+    for t in [&a, &b, &c] {
+        apply(&store, t, &bind("alice")).await;
+    }
+    apply(&store, &bob, &bind("bob")).await;
+    let changes = Changes {
+        revoke_others: true,
+        ..Changes::default()
+    };
+    match store.apply(&b, &changes, &Origin::default()).await.unwrap() {
+        Outcome::Applied { revoked, .. } => assert_eq!(revoked, 2),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.load(&a.id).await.unwrap(), Lookup::Dead);
+    assert_eq!(store.load(&c.id).await.unwrap(), Lookup::Dead);
+    assert!(matches!(store.load(&b.id).await.unwrap(), Lookup::Live(_)));
+    assert!(
+        matches!(store.load(&bob.id).await.unwrap(), Lookup::Live(_)),
+        "other users untouched"
+    );
+    assert_eq!(store.sessions_of(&user("alice")).await.unwrap().len(), 1);
+}
+
+pub async fn sessions_can_be_revoked_one_by_handle_or_all<S: Store>(store: S) {
+    let (a, b, c) = (target(), target(), target());
+    for t in [&a, &b, &c] {
+        apply(&store, t, &bind("alice")).await;
+    }
+    assert!(
+        store
+            .revoke_handle(&user("alice"), &b.id.handle())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke_handle(&user("alice"), &b.id.handle())
+            .await
+            .unwrap(),
+        "already ended"
+    );
+    assert!(
+        !store
+            .revoke_handle(&user("bob"), &a.id.handle())
+            .await
+            .unwrap(),
+        "not bob's"
+    );
+    assert_eq!(store.load(&b.id).await.unwrap(), Lookup::Dead);
+    assert_eq!(store.revoke_user(&user("alice"), None).await.unwrap(), 2);
+    assert_eq!(store.load(&a.id).await.unwrap(), Lookup::Dead);
+    assert_eq!(store.load(&c.id).await.unwrap(), Lookup::Dead);
+    assert!(store.sessions_of(&user("alice")).await.unwrap().is_empty());
+    assert_held!(&store, 0);
+}
+
+pub async fn expired_sessions_leave_the_user_index<S: Store>(store: S) {
+    let t = target();
+    apply(&store, &t, &bind("alice")).await;
+    assert_eq!(store.sessions_of(&user("alice")).await.unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    store.sweep().await.unwrap();
+    assert!(store.sessions_of(&user("alice")).await.unwrap().is_empty());
+    assert_eq!(store.revoke_user(&user("alice"), None).await.unwrap(), 0);
 }
 
 /// Short timeouts for the expiry tests: idle 1 s, absolute 2 s.
@@ -317,6 +490,11 @@ macro_rules! conformance {
             case!(an_idle_session_expires, short_policy());
             case!(a_session_expires_at_its_absolute_deadline, short_policy());
             case!(sweep_removes_expired_sessions, short_policy());
+            case!(a_bound_user_is_indexed_with_its_metadata, policy());
+            case!(rotation_keeps_the_user_and_creation_time_and_flush_unbinds, policy());
+            case!(revoke_others_ends_every_other_session_of_the_user, policy());
+            case!(sessions_can_be_revoked_one_by_handle_or_all, policy());
+            case!(expired_sessions_leave_the_user_index, short_policy());
             $(case!($extra, Policy { max_sessions: 2, ..policy() });)*
         }
     };

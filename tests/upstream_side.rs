@@ -31,7 +31,15 @@ fn spoofed_session_headers_never_reach_the_upstream_in_any_spelling() {
         .collect();
     ours.sort();
     // Only what the proxy injects for a new session arrives: no user, no spoof.
-    assert_eq!(ours, ["x-session-created", "x-session-data", "x-session-id", "x-session-new"]);
+    assert_eq!(
+        ours,
+        [
+            "x-session-created",
+            "x-session-data",
+            "x-session-id",
+            "x-session-new"
+        ]
+    );
     assert_ne!(seen.session_id(), "attacker");
     assert!(seen.is_new());
     assert_eq!(seen.header("x-session-data"), Some("{}"));

@@ -37,16 +37,33 @@ pub fn call(config: &Config, method: &str, path: &str) -> Result<Answer, Error> 
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let timeout = Duration::from_secs(5);
-    let auth = config.admin.token.as_ref().map(|t| format!("Authorization: Bearer {}\r\n", t.as_str())).unwrap_or_default();
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    let auth = config
+        .admin
+        .token
+        .as_ref()
+        .map(|t| format!("Authorization: Bearer {}\r\n", t.as_str()))
+        .unwrap_or_default();
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
     let unreachable = |source| Error::Unreachable { addr, source };
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(unreachable)?;
-    stream.set_read_timeout(Some(timeout)).map_err(unreachable)?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(unreachable)?;
     stream.write_all(request.as_bytes()).map_err(unreachable)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).map_err(unreachable)?;
     let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or(Error::Malformed { addr })?;
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or(Error::Malformed { addr })?;
-    Ok(Answer { status, body: body.to_owned() })
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or(Error::Malformed { addr })?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or(Error::Malformed { addr })?;
+    Ok(Answer {
+        status,
+        body: body.to_owned(),
+    })
 }

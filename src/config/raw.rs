@@ -11,8 +11,9 @@ use http::Uri;
 use serde::Deserialize;
 
 use super::{
-    AdminConfig, AdminToken, Config, CookieConfig, CreateMode, Durability, Error, LogFormat, MAX_SESSION_BYTES,
-    MIN_SECRET_BYTES, Secrets, ServerConfig, SessionConfig, StoreConfig, TlsConfig, UpstreamConfig,
+    AdminConfig, AdminToken, Config, CookieConfig, CreateMode, Durability, Error, LogFormat,
+    MAX_SESSION_BYTES, MIN_SECRET_BYTES, Secrets, ServerConfig, SessionConfig, StoreConfig,
+    TlsConfig, UpstreamConfig,
 };
 use crate::cookie::{SameSite, SecretKey};
 use crate::protocol::HeaderPrefix;
@@ -270,10 +271,19 @@ fn validate_admin(raw: RawAdmin) -> Result<AdminConfig, KeyError> {
     let token = match raw.token.filter(|t| !t.is_empty()) {
         None => None,
         Some(t) if t.len() < MIN_SECRET_BYTES => {
-            return Err(key_error("admin.token", format!("{} bytes; at least {MIN_SECRET_BYTES} are required (try `openssl rand -hex 32`)", t.len())));
+            return Err(key_error(
+                "admin.token",
+                format!(
+                    "{} bytes; at least {MIN_SECRET_BYTES} are required (try `openssl rand -hex 32`)",
+                    t.len()
+                ),
+            ));
         }
         Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => {
-            return Err(key_error("admin.token", "must be visible ASCII (it travels in an Authorization header)"));
+            return Err(key_error(
+                "admin.token",
+                "must be visible ASCII (it travels in an Authorization header)",
+            ));
         }
         Some(t) => Some(AdminToken::new(t)),
     };
@@ -348,7 +358,13 @@ fn validate_upstream(raw: Option<RawUpstream>) -> Result<UpstreamConfig, KeyErro
     let signing_key = match table.signing_key {
         None => None,
         Some(key) if key.len() < MIN_SECRET_BYTES => {
-            return Err(key_error("upstream.signing_key", format!("{} bytes; at least {MIN_SECRET_BYTES} are required", key.len())));
+            return Err(key_error(
+                "upstream.signing_key",
+                format!(
+                    "{} bytes; at least {MIN_SECRET_BYTES} are required",
+                    key.len()
+                ),
+            ));
         }
         Some(key) => Some(crate::signature::SigningKey::new(key.as_bytes())),
     };

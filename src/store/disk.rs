@@ -98,10 +98,22 @@ impl DiskStore {
         })
     }
 
-    async fn revoke(&self, user: UserId, keep: Option<Id>, handle: Option<String>) -> Result<usize, Error> {
+    async fn revoke(
+        &self,
+        user: UserId,
+        keep: Option<Id>,
+        handle: Option<String>,
+    ) -> Result<usize, Error> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.writer.send(Job::Revoke { user, keep, handle, reply });
-        answer.await.map_err(|_| self.unavailable("the writer thread stopped"))?
+        self.writer.send(Job::Revoke {
+            user,
+            keep,
+            handle,
+            reply,
+        });
+        answer
+            .await
+            .map_err(|_| self.unavailable("the writer thread stopped"))?
     }
 
     fn unavailable(&self, e: impl std::fmt::Display) -> Error {
@@ -164,8 +176,12 @@ impl Store for DiskStore {
         let key = *id;
         let row = self.read(move |conn| rows::read(conn, &key)).await?;
         let now = now_ms();
-        let Some(row) = row else { return Ok(Lookup::Unknown) };
-        let Some(data) = row.data else { return Ok(Lookup::Dead) };
+        let Some(row) = row else {
+            return Ok(Lookup::Unknown);
+        };
+        let Some(data) = row.data else {
+            return Ok(Lookup::Dead);
+        };
         if self.policy.is_expired(row.issued_ms, row.last_seen_ms, now) {
             return Ok(Lookup::Dead);
         }
@@ -176,10 +192,18 @@ impl Store for DiskStore {
         }
         let data = HeaderValue::from_maybe_shared(bytes::Bytes::from(data))
             .map_err(|_| self.unavailable("a stored session is not valid header text"))?;
-        Ok(Lookup::Live(Loaded { data, meta: row.meta }))
+        Ok(Lookup::Live(Loaded {
+            data,
+            meta: row.meta,
+        }))
     }
 
-    async fn apply(&self, target: &Target, changes: &Changes, origin: &Origin) -> Result<Outcome, ApplyError> {
+    async fn apply(
+        &self,
+        target: &Target,
+        changes: &Changes,
+        origin: &Origin,
+    ) -> Result<Outcome, ApplyError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.writer.send(Job::Apply {
             target: *target,
@@ -187,7 +211,9 @@ impl Store for DiskStore {
             origin: origin.clone(),
             reply,
         });
-        answer.await.map_err(|_| ApplyError::Store(self.unavailable("the writer thread stopped")))?
+        answer
+            .await
+            .map_err(|_| ApplyError::Store(self.unavailable("the writer thread stopped")))?
     }
 
     async fn sessions_of(&self, user: &UserId) -> Result<Vec<SessionInfo>, Error> {
@@ -212,7 +238,10 @@ impl Store for DiskStore {
     }
 
     async fn revoke_handle(&self, user: &UserId, handle: &str) -> Result<bool, Error> {
-        Ok(self.revoke(user.clone(), None, Some(handle.to_owned())).await? > 0)
+        Ok(self
+            .revoke(user.clone(), None, Some(handle.to_owned()))
+            .await?
+            > 0)
     }
 
     async fn sweep(&self) -> Result<usize, Error> {

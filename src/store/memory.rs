@@ -48,7 +48,10 @@ struct Record {
 enum Entry {
     Live(Record),
     /// Retired until `until_ms`; `successor` is the id it was rotated to.
-    Dead { until_ms: u64, successor: Option<Target> },
+    Dead {
+        until_ms: u64,
+        successor: Option<Target>,
+    },
 }
 
 pub struct MemoryStore {
@@ -80,28 +83,40 @@ impl MemoryStore {
     fn stripe(&self, id: &Id) -> std::sync::MutexGuard<'_, ()> {
         let b = id.as_bytes();
         let n = u16::from_le_bytes([b[0], b[1]]) as usize;
-        self.stripes[n % STRIPES].lock().unwrap_or_else(|e| e.into_inner())
+        self.stripes[n % STRIPES]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn find(&self, target: &Target, now: u64) -> Found {
         match self.map.get(&target.id).as_deref() {
             None => Found::Current(None, target.issued_ms),
             Some(Entry::Live(r)) if self.expired(r, now) => Found::Gone,
-            Some(Entry::Live(r)) => Found::Current(Some((r.data.clone(), r.fixed.clone())), r.issued_ms),
-            Some(Entry::Dead { successor: Some(next), .. }) => Found::Moved(*next),
-            Some(Entry::Dead { successor: None, .. }) => Found::Gone,
+            Some(Entry::Live(r)) => {
+                Found::Current(Some((r.data.clone(), r.fixed.clone())), r.issued_ms)
+            }
+            Some(Entry::Dead {
+                successor: Some(next),
+                ..
+            }) => Found::Moved(*next),
+            Some(Entry::Dead {
+                successor: None, ..
+            }) => Found::Gone,
         }
     }
 
     fn expired(&self, r: &Record, now: u64) -> bool {
-        self.policy.is_expired(r.issued_ms, r.last_seen_ms.load(Ordering::Relaxed), now)
+        self.policy
+            .is_expired(r.issued_ms, r.last_seen_ms.load(Ordering::Relaxed), now)
     }
 
     /// Inserts `entry`, keeping the live count and the user index right;
     /// refuses a new live session when the store is full.
     fn put(&self, id: Id, entry: Entry, adds_live: bool) -> Result<(), Error> {
         if adds_live && self.live.load(Ordering::Relaxed) >= self.policy.max_sessions {
-            return Err(Error::Full { limit: self.policy.max_sessions });
+            return Err(Error::Full {
+                limit: self.policy.max_sessions,
+            });
         }
         let user = match &entry {
             Entry::Live(r) => r.fixed.user.clone(),
@@ -143,24 +158,51 @@ impl MemoryStore {
         };
     }
 
-    fn apply_locked(&self, target: Target, changes: &Changes, current: Option<(HeaderValue, Arc<Fixed>)>, origin: &Origin, now: u64) -> Result<(Target, bool, Option<UserId>), ApplyError> {
+    fn apply_locked(
+        &self,
+        target: Target,
+        changes: &Changes,
+        current: Option<(HeaderValue, Arc<Fixed>)>,
+        origin: &Origin,
+        now: u64,
+    ) -> Result<(Target, bool, Option<UserId>), ApplyError> {
         let had = current.is_some();
         let (data, fixed) = current.unzip();
-        let next = next_data(data.as_ref().map(HeaderValue::as_bytes), changes, self.policy.max_bytes)?;
+        let next = next_data(
+            data.as_ref().map(HeaderValue::as_bytes),
+            changes,
+            self.policy.max_bytes,
+        )?;
         let user = changes.user_after(fixed.as_ref().and_then(|f| f.user.as_ref()));
         // After Flush the session is a new one: new creation time and origin.
         let fixed = if changes.flush { None } else { fixed };
         let fixed = match fixed {
             Some(f) if f.user == user => f,
-            Some(f) => Arc::new(Fixed { user: user.clone(), created_ms: f.created_ms, client: f.client.clone(), agent: f.agent.clone() }),
-            None if changes.flush => Arc::new(Fixed { user: user.clone(), created_ms: now, client: origin.client.clone(), agent: origin.agent.clone() }),
-            None => Arc::new(Fixed { user: user.clone(), created_ms: target.issued_ms, client: origin.client.clone(), agent: origin.agent.clone() }),
+            Some(f) => Arc::new(Fixed {
+                user: user.clone(),
+                created_ms: f.created_ms,
+                client: f.client.clone(),
+                agent: f.agent.clone(),
+            }),
+            None if changes.flush => Arc::new(Fixed {
+                user: user.clone(),
+                created_ms: now,
+                client: origin.client.clone(),
+                agent: origin.agent.clone(),
+            }),
+            None => Arc::new(Fixed {
+                user: user.clone(),
+                created_ms: target.issued_ms,
+                client: origin.client.clone(),
+                agent: origin.agent.clone(),
+            }),
         };
         let stored = next.is_some() || user.is_some();
         let record = |issued_ms| {
             let data = next.clone().unwrap_or_else(|| EMPTY.to_vec());
             Entry::Live(Record {
-                data: HeaderValue::from_maybe_shared(bytes::Bytes::from(data)).expect("session JSON is ASCII without control characters"),
+                data: HeaderValue::from_maybe_shared(bytes::Bytes::from(data))
+                    .expect("session JSON is ASCII without control characters"),
                 issued_ms,
                 last_seen_ms: AtomicU64::new(now),
                 fixed: fixed.clone(),
@@ -173,7 +215,10 @@ impl MemoryStore {
             }
             return Ok((target, stored, user));
         }
-        let renewed = Target { id: Id::random(), issued_ms: now };
+        let renewed = Target {
+            id: Id::random(),
+            issued_ms: now,
+        };
         if stored {
             // The old live session turns dead below, so the count only grows
             // when the old id held nothing.
@@ -191,14 +236,27 @@ impl MemoryStore {
     fn kill(&self, id: &Id, user: &UserId) -> bool {
         let _guard = self.stripe(id);
         let until_ms = match self.map.get(id).as_deref() {
-            Some(Entry::Live(r)) if r.fixed.user.as_ref() == Some(user) => self.policy.absolute_deadline(r.issued_ms),
+            Some(Entry::Live(r)) if r.fixed.user.as_ref() == Some(user) => {
+                self.policy.absolute_deadline(r.issued_ms)
+            }
             _ => return false,
         };
-        self.put(*id, Entry::Dead { until_ms, successor: None }, false).is_ok()
+        self.put(
+            *id,
+            Entry::Dead {
+                until_ms,
+                successor: None,
+            },
+            false,
+        )
+        .is_ok()
     }
 
     fn ids_of(&self, user: &UserId) -> Vec<Id> {
-        self.users.get(user).map(|ids| ids.iter().copied().collect()).unwrap_or_default()
+        self.users
+            .get(user)
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -225,7 +283,12 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn apply(&self, target: &Target, changes: &Changes, origin: &Origin) -> Result<Outcome, ApplyError> {
+    async fn apply(
+        &self,
+        target: &Target,
+        changes: &Changes,
+        origin: &Origin,
+    ) -> Result<Outcome, ApplyError> {
         let now = now_ms();
         let mut target = *target;
         for _ in 0..MAX_HOPS {
@@ -233,7 +296,10 @@ impl Store for MemoryStore {
                 let _guard = self.stripe(&target.id);
                 match self.find(&target, now) {
                     Found::Current(current, issued_ms) => {
-                        let target = Target { id: target.id, issued_ms };
+                        let target = Target {
+                            id: target.id,
+                            issued_ms,
+                        };
                         self.apply_locked(target, changes, current, origin, now)?
                     }
                     Found::Moved(next) => {
@@ -249,7 +315,11 @@ impl Store for MemoryStore {
                 (true, Some(user)) => self.revoke_user(user, Some(&target.id)).await?,
                 _ => 0,
             };
-            return Ok(Outcome::Applied { target, has_data, revoked });
+            return Ok(Outcome::Applied {
+                target,
+                has_data,
+                revoked,
+            });
         }
         Ok(Outcome::Gone)
     }
@@ -273,11 +343,20 @@ impl Store for MemoryStore {
     }
 
     async fn revoke_user(&self, user: &UserId, keep: Option<&Id>) -> Result<usize, Error> {
-        Ok(self.ids_of(user).iter().filter(|id| Some(*id) != keep).filter(|id| self.kill(id, user)).count())
+        Ok(self
+            .ids_of(user)
+            .iter()
+            .filter(|id| Some(*id) != keep)
+            .filter(|id| self.kill(id, user))
+            .count())
     }
 
     async fn revoke_handle(&self, user: &UserId, handle: &str) -> Result<bool, Error> {
-        Ok(self.ids_of(user).iter().find(|id| id.handle() == handle).is_some_and(|id| self.kill(id, user)))
+        Ok(self
+            .ids_of(user)
+            .iter()
+            .find(|id| id.handle() == handle)
+            .is_some_and(|id| self.kill(id, user)))
     }
 
     async fn sweep(&self) -> Result<usize, Error> {
@@ -286,7 +365,10 @@ impl Store for MemoryStore {
         self.map.retain(|id, entry| match entry {
             Entry::Live(r) if self.expired(r, now) => {
                 expired.push((*id, r.fixed.user.clone()));
-                *entry = Entry::Dead { until_ms: self.policy.absolute_deadline(r.issued_ms), successor: None };
+                *entry = Entry::Dead {
+                    until_ms: self.policy.absolute_deadline(r.issued_ms),
+                    successor: None,
+                };
                 true
             }
             Entry::Live(_) => true,

@@ -76,13 +76,21 @@ pub struct RedisStore {
 /// What the apply script answered.
 enum Reply {
     /// `user` and `before` are the bound user after and before ("" for none).
-    Applied { target: Target, has_data: bool, user: String, before: String },
+    Applied {
+        target: Target,
+        has_data: bool,
+        user: String,
+        before: String,
+    },
     Moved(Target),
     Gone,
     TooLarge(usize),
 }
 
-async fn deadline<T>(limit: Duration, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, Error> {
+async fn deadline<T>(
+    limit: Duration,
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, Error> {
     match tokio::time::timeout(limit, call).await {
         Err(_) => Err(Error::Timeout(limit)),
         Ok(Err(e)) => Err(Error::Unavailable(format!("redis: {e}"))),
@@ -109,7 +117,9 @@ impl RedisStore {
                 .set_response_timeout(Some(options.timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_secs(1));
-            Connection::Standalone(ConnectionManager::new_lazy_with_config(client, config).map_err(bad_url)?)
+            Connection::Standalone(
+                ConnectionManager::new_lazy_with_config(client, config).map_err(bad_url)?,
+            )
         };
         Ok(RedisStore {
             connection,
@@ -138,13 +148,20 @@ impl RedisStore {
     }
 
     /// Runs a script invocation under the store's deadline.
-    async fn run<T: redis::FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> Result<T, Error> {
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, Error> {
         let call = async {
             match &self.connection {
-                Connection::Standalone(manager) => invocation.invoke_async(&mut manager.clone()).await,
+                Connection::Standalone(manager) => {
+                    invocation.invoke_async(&mut manager.clone()).await
+                }
                 Connection::Cluster(cluster) => {
                     let (client, cell) = &**cluster;
-                    let conn = cell.get_or_try_init(|| client.get_async_connection()).await?;
+                    let conn = cell
+                        .get_or_try_init(|| client.get_async_connection())
+                        .await?;
                     invocation.invoke_async(&mut conn.clone()).await
                 }
             }
@@ -159,7 +176,9 @@ impl RedisStore {
                 Connection::Standalone(manager) => cmd.query_async(&mut manager.clone()).await,
                 Connection::Cluster(cluster) => {
                     let (client, cell) = &**cluster;
-                    let conn = cell.get_or_try_init(|| client.get_async_connection()).await?;
+                    let conn = cell
+                        .get_or_try_init(|| client.get_async_connection())
+                        .await?;
                     cmd.query_async(&mut conn.clone()).await
                 }
             }
@@ -167,12 +186,24 @@ impl RedisStore {
         deadline(self.options.timeout, call).await
     }
 
-    async fn apply_to(&self, target: &Target, changes: &Changes, origin: &Origin) -> Result<Reply, Error> {
+    async fn apply_to(
+        &self,
+        target: &Target,
+        changes: &Changes,
+        origin: &Origin,
+    ) -> Result<Reply, Error> {
         let now = now_ms();
-        let renewed = Target { id: same_slot_id(&target.id), issued_ms: now };
+        let renewed = Target {
+            id: same_slot_id(&target.id),
+            issued_ms: now,
+        };
         let (data, marker) = self.keys(&target.id);
         let (new_data, new_marker) = self.keys(&renewed.id);
-        let old_left = self.policy.absolute_deadline(target.issued_ms).saturating_sub(now).max(1);
+        let old_left = self
+            .policy
+            .absolute_deadline(target.issued_ms)
+            .saturating_sub(now)
+            .max(1);
         let flags = match (changes.flush, changes.rotate) {
             (true, _) => "f",
             (false, true) => "r",
@@ -196,7 +227,10 @@ impl RedisStore {
             .arg(origin.agent.as_deref().unwrap_or(""));
         for edit in &changes.edits {
             match edit {
-                Edit::Set(key, value) => invocation.arg("s").arg(key.as_str()).arg(json::encode_value(value)),
+                Edit::Set(key, value) => invocation
+                    .arg("s")
+                    .arg(key.as_str())
+                    .arg(json::encode_value(value)),
                 Edit::Delete(key) => invocation.arg("d").arg(key.as_str()).arg(""),
             };
         }
@@ -204,7 +238,11 @@ impl RedisStore {
         let field = |i: usize| reply.get(i).cloned().unwrap_or_default();
         Ok(match reply.first().map(String::as_str) {
             Some("ok") => Reply::Applied {
-                target: if changes.renews_id() { renewed } else { *target },
+                target: if changes.renews_id() {
+                    renewed
+                } else {
+                    *target
+                },
                 has_data: field(1) == "1",
                 user: field(2),
                 before: field(3),
@@ -217,23 +255,39 @@ impl RedisStore {
 
     /// Keeps the user index in step with a change: the session joins its
     /// user's set, and leaves the set of a user it no longer belongs to.
-    async fn index(&self, old: &Target, before: &str, new: &Target, after: &str, stored: bool) -> Result<(), Error> {
+    async fn index(
+        &self,
+        old: &Target,
+        before: &str,
+        new: &Target,
+        after: &str,
+        stored: bool,
+    ) -> Result<(), Error> {
         if let Some(user) = UserId::parse(before)
             && (before != after || old.id != new.id || !stored)
         {
-            self.cmd::<i64>(redis::cmd("SREM").arg(self.user_key(&user)).arg(old.id.to_string())).await?;
+            self.cmd::<i64>(
+                redis::cmd("SREM")
+                    .arg(self.user_key(&user))
+                    .arg(old.id.to_string()),
+            )
+            .await?;
         }
         if stored && let Some(user) = UserId::parse(after) {
             let key = self.user_key(&user);
-            self.cmd::<i64>(redis::cmd("SADD").arg(&key).arg(new.id.to_string())).await?;
-            self.cmd::<i64>(redis::cmd("PEXPIRE").arg(&key).arg(self.policy.absolute_ms)).await?;
+            self.cmd::<i64>(redis::cmd("SADD").arg(&key).arg(new.id.to_string()))
+                .await?;
+            self.cmd::<i64>(redis::cmd("PEXPIRE").arg(&key).arg(self.policy.absolute_ms))
+                .await?;
         }
         Ok(())
     }
 
     /// The ids in a user's set.
     async fn ids_of(&self, user: &UserId) -> Result<Vec<Id>, Error> {
-        let members: Vec<String> = self.cmd(redis::cmd("SMEMBERS").arg(self.user_key(user))).await?;
+        let members: Vec<String> = self
+            .cmd(redis::cmd("SMEMBERS").arg(self.user_key(user)))
+            .await?;
         Ok(members.iter().filter_map(|m| Id::parse(m)).collect())
     }
 
@@ -241,15 +295,27 @@ impl RedisStore {
     async fn kill(&self, user: &UserId, id: &Id) -> Result<bool, Error> {
         let (data, marker) = self.keys(id);
         let mut invocation = self.kill.prepare_invoke();
-        invocation.key(data).key(marker).arg(user.as_str()).arg(self.policy.absolute_ms);
+        invocation
+            .key(data)
+            .key(marker)
+            .arg(user.as_str())
+            .arg(self.policy.absolute_ms);
         let killed: i64 = self.run(&invocation).await?;
-        self.cmd::<i64>(redis::cmd("SREM").arg(self.user_key(user)).arg(id.to_string())).await?;
+        self.cmd::<i64>(
+            redis::cmd("SREM")
+                .arg(self.user_key(user))
+                .arg(id.to_string()),
+        )
+        .await?;
         Ok(killed == 1)
     }
 
     /// The last time a session was seen, from how much of its idle TTL is left.
     fn seen_from_ttl(&self, pttl: i64, now: u64) -> u64 {
-        let used = self.policy.idle_ms.saturating_sub(u64::try_from(pttl).unwrap_or(0));
+        let used = self
+            .policy
+            .idle_ms
+            .saturating_sub(u64::try_from(pttl).unwrap_or(0));
         now.saturating_sub(used)
     }
 }
@@ -266,11 +332,17 @@ fn same_slot_id(old: &Id) -> Id {
 
 fn parse_successor(text: &str) -> Option<Target> {
     let (id, issued) = text.split_once('|')?;
-    Some(Target { id: Id::parse(id)?, issued_ms: issued.parse().ok()? })
+    Some(Target {
+        id: Id::parse(id)?,
+        issued_ms: issued.parse().ok()?,
+    })
 }
 
 fn text(bytes: &[u8]) -> Option<Arc<str>> {
-    std::str::from_utf8(bytes).ok().filter(|s| !s.is_empty()).map(Arc::from)
+    std::str::from_utf8(bytes)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(Arc::from)
 }
 
 /// `{"k":v,...}` from the hash's data fields, keys in the order serde_json
@@ -283,7 +355,12 @@ fn decode_fields(pairs: &[Vec<u8>]) -> (Vec<u8>, Meta) {
         let (k, v) = (kv[0].as_slice(), kv[1].as_slice());
         match k {
             b"#user" => meta.user = std::str::from_utf8(v).ok().and_then(UserId::parse),
-            b"#created" => meta.created_ms = std::str::from_utf8(v).ok().and_then(|t| t.parse().ok()).unwrap_or(0),
+            b"#created" => {
+                meta.created_ms = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0)
+            }
             b"#client" => meta.client = text(v),
             b"#agent" => meta.agent = text(v),
             _ if k.starts_with(b"#") => {}
@@ -312,15 +389,26 @@ impl Store for RedisStore {
         let (data, marker) = self.keys(id);
         let touch_ms = u64::try_from(self.options.touch_interval.as_millis()).unwrap_or(u64::MAX);
         let mut invocation = self.load.prepare_invoke();
-        invocation.key(data).key(marker).arg(self.policy.idle_ms).arg(touch_ms.min(self.policy.idle_ms));
+        invocation
+            .key(data)
+            .key(marker)
+            .arg(self.policy.idle_ms)
+            .arg(touch_ms.min(self.policy.idle_ms));
         let reply: Vec<Vec<u8>> = self.run(&invocation).await?;
         match reply.first().map(Vec::as_slice) {
             Some(b"live") if reply.len() >= 2 => {
-                let pttl = std::str::from_utf8(&reply[1]).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+                let pttl = std::str::from_utf8(&reply[1])
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
                 let (text, mut meta) = decode_fields(&reply[2..]);
                 meta.last_seen_ms = self.seen_from_ttl(pttl, now_ms());
-                let data = HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
-                    .map_err(|_| Error::Unavailable("redis: a stored session is not valid header text".to_owned()))?;
+                let data =
+                    HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).map_err(|_| {
+                        Error::Unavailable(
+                            "redis: a stored session is not valid header text".to_owned(),
+                        )
+                    })?;
                 Ok(Lookup::Live(Loaded { data, meta }))
             }
             Some(b"dead") => Ok(Lookup::Dead),
@@ -328,21 +416,44 @@ impl Store for RedisStore {
         }
     }
 
-    async fn apply(&self, target: &Target, changes: &Changes, origin: &Origin) -> Result<Outcome, ApplyError> {
+    async fn apply(
+        &self,
+        target: &Target,
+        changes: &Changes,
+        origin: &Origin,
+    ) -> Result<Outcome, ApplyError> {
         let mut current = *target;
         for _ in 0..MAX_HOPS {
             match self.apply_to(&current, changes, origin).await? {
-                Reply::Applied { target, has_data, user, before } => {
-                    self.index(&current, &before, &target, &user, has_data).await?;
+                Reply::Applied {
+                    target,
+                    has_data,
+                    user,
+                    before,
+                } => {
+                    self.index(&current, &before, &target, &user, has_data)
+                        .await?;
                     let revoked = match UserId::parse(&user) {
-                        Some(user) if changes.revoke_others => self.revoke_user(&user, Some(&target.id)).await?,
+                        Some(user) if changes.revoke_others => {
+                            self.revoke_user(&user, Some(&target.id)).await?
+                        }
                         _ => 0,
                     };
-                    return Ok(Outcome::Applied { target, has_data, revoked });
+                    return Ok(Outcome::Applied {
+                        target,
+                        has_data,
+                        revoked,
+                    });
                 }
                 Reply::Moved(next) => current = next,
                 Reply::Gone => return Ok(Outcome::Gone),
-                Reply::TooLarge(size) => return Err(Refusal::TooLarge { size, limit: self.policy.max_bytes }.into()),
+                Reply::TooLarge(size) => {
+                    return Err(Refusal::TooLarge {
+                        size,
+                        limit: self.policy.max_bytes,
+                    }
+                    .into());
+                }
             }
         }
         Ok(Outcome::Gone)
@@ -358,7 +469,12 @@ impl Store for RedisStore {
             let info: Vec<String> = self.run(&invocation).await?;
             let [created, client, agent, pttl] = info.as_slice() else {
                 // Expired or rebound: drop the stale member.
-                self.cmd::<i64>(redis::cmd("SREM").arg(self.user_key(user)).arg(id.to_string())).await?;
+                self.cmd::<i64>(
+                    redis::cmd("SREM")
+                        .arg(self.user_key(user))
+                        .arg(id.to_string()),
+                )
+                .await?;
                 continue;
             };
             found.push(SessionInfo {
@@ -374,14 +490,24 @@ impl Store for RedisStore {
 
     async fn revoke_user(&self, user: &UserId, keep: Option<&Id>) -> Result<usize, Error> {
         let mut revoked = 0;
-        for id in self.ids_of(user).await?.iter().filter(|id| Some(*id) != keep) {
+        for id in self
+            .ids_of(user)
+            .await?
+            .iter()
+            .filter(|id| Some(*id) != keep)
+        {
             revoked += self.kill(user, id).await? as usize;
         }
         Ok(revoked)
     }
 
     async fn revoke_handle(&self, user: &UserId, handle: &str) -> Result<bool, Error> {
-        match self.ids_of(user).await?.into_iter().find(|id| id.handle() == handle) {
+        match self
+            .ids_of(user)
+            .await?
+            .into_iter()
+            .find(|id| id.handle() == handle)
+        {
             Some(id) => self.kill(user, &id).await,
             None => Ok(false),
         }

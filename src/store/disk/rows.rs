@@ -23,15 +23,23 @@ pub struct Row {
     pub meta: Meta,
 }
 
-const COLUMNS: &str = "data, issued_ms, last_seen_ms, successor, successor_issued, user, created_ms, client, agent";
+const COLUMNS: &str =
+    "data, issued_ms, last_seen_ms, successor, successor_issued, user, created_ms, client, agent";
 
 fn id_from(bytes: Option<Vec<u8>>) -> Option<Id> {
-    <[u8; 32]>::try_from(bytes?.as_slice()).ok().map(Id::from_bytes)
+    <[u8; 32]>::try_from(bytes?.as_slice())
+        .ok()
+        .map(Id::from_bytes)
 }
 
 fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     let issued_ms = r.get::<_, i64>(1)? as u64;
-    let successor = id_from(r.get(3)?).zip(r.get::<_, Option<i64>>(4)?).map(|(id, issued)| Target { id, issued_ms: issued as u64 });
+    let successor = id_from(r.get(3)?)
+        .zip(r.get::<_, Option<i64>>(4)?)
+        .map(|(id, issued)| Target {
+            id,
+            issued_ms: issued as u64,
+        });
     let last_seen_ms = r.get::<_, i64>(2)? as u64;
     Ok(Row {
         data: r.get(0)?,
@@ -39,7 +47,10 @@ fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         last_seen_ms,
         successor,
         meta: Meta {
-            user: r.get::<_, Option<String>>(5)?.as_deref().and_then(UserId::parse),
+            user: r
+                .get::<_, Option<String>>(5)?
+                .as_deref()
+                .and_then(UserId::parse),
             created_ms: r.get::<_, Option<i64>>(6)?.map_or(issued_ms, |c| c as u64),
             last_seen_ms,
             client: r.get::<_, Option<String>>(7)?.map(Arc::from),
@@ -50,13 +61,18 @@ fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 
 pub fn read(conn: &Connection, id: &Id) -> rusqlite::Result<Option<Row>> {
     let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM sessions WHERE id = ?1"))?;
-    stmt.query_row(params![id.as_bytes().as_slice()], row_from).optional()
+    stmt.query_row(params![id.as_bytes().as_slice()], row_from)
+        .optional()
 }
 
 /// The live rows bound to `user`, with their ids.
 pub fn of_user(conn: &Connection, user: &UserId) -> rusqlite::Result<Vec<(Id, Row)>> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS}, id FROM sessions WHERE user = ?1 AND data IS NOT NULL"))?;
-    let rows = stmt.query_map(params![user.as_str()], |r| Ok((id_from(r.get(9)?), row_from(r)?)))?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS}, id FROM sessions WHERE user = ?1 AND data IS NOT NULL"
+    ))?;
+    let rows = stmt.query_map(params![user.as_str()], |r| {
+        Ok((id_from(r.get(9)?), row_from(r)?))
+    })?;
     let mut out = Vec::new();
     for row in rows {
         if let (Some(id), row) = row? {
@@ -75,24 +91,44 @@ pub struct Applied {
 
 impl Applied {
     fn logical(outcome: Result<Outcome, ApplyError>) -> Applied {
-        Applied { outcome, live_delta: 0 }
+        Applied {
+            outcome,
+            live_delta: 0,
+        }
     }
 }
 
 /// One response's changes. `capacity` is how many more live rows fit.
-pub fn apply(tx: &Connection, target: Target, changes: &Changes, origin: &Origin, policy: &Policy, now: u64, capacity: isize) -> rusqlite::Result<Applied> {
+pub fn apply(
+    tx: &Connection,
+    target: Target,
+    changes: &Changes,
+    origin: &Origin,
+    policy: &Policy,
+    now: u64,
+    capacity: isize,
+) -> rusqlite::Result<Applied> {
     let mut t = target;
     for _ in 0..MAX_HOPS {
         match read(tx, &t.id)? {
             None => return write(tx, t, None, changes, origin, policy, now, capacity),
-            Some(row) if row.data.is_some() && policy.is_expired(row.issued_ms, row.last_seen_ms, now) => {
+            Some(row)
+                if row.data.is_some()
+                    && policy.is_expired(row.issued_ms, row.last_seen_ms, now) =>
+            {
                 return Ok(Applied::logical(Ok(Outcome::Gone)));
             }
             Some(row) if row.data.is_some() => {
-                let t = Target { id: t.id, issued_ms: row.issued_ms };
+                let t = Target {
+                    id: t.id,
+                    issued_ms: row.issued_ms,
+                };
                 return write(tx, t, Some(row), changes, origin, policy, now, capacity);
             }
-            Some(Row { successor: Some(next), .. }) => t = next,
+            Some(Row {
+                successor: Some(next),
+                ..
+            }) => t = next,
             Some(_) => return Ok(Applied::logical(Ok(Outcome::Gone))),
         }
     }
@@ -100,7 +136,16 @@ pub fn apply(tx: &Connection, target: Target, changes: &Changes, origin: &Origin
 }
 
 #[allow(clippy::too_many_arguments)]
-fn write(tx: &Connection, target: Target, current: Option<Row>, changes: &Changes, origin: &Origin, policy: &Policy, now: u64, capacity: isize) -> rusqlite::Result<Applied> {
+fn write(
+    tx: &Connection,
+    target: Target,
+    current: Option<Row>,
+    changes: &Changes,
+    origin: &Origin,
+    policy: &Policy,
+    now: u64,
+    capacity: isize,
+) -> rusqlite::Result<Applied> {
     let had = current.is_some();
     let data = current.as_ref().and_then(|r| r.data.as_deref());
     let next = match next_data(data, changes, policy.max_bytes) {
@@ -110,11 +155,17 @@ fn write(tx: &Connection, target: Target, current: Option<Row>, changes: &Change
     let user = changes.user_after(current.as_ref().and_then(|r| r.meta.user.as_ref()));
     let stored = next.is_some() || user.is_some();
     if stored && !had && capacity <= 0 {
-        return Ok(Applied::logical(Err(Error::Full { limit: policy.max_sessions }.into())));
+        return Ok(Applied::logical(Err(Error::Full {
+            limit: policy.max_sessions,
+        }
+        .into())));
     }
     // After Flush the session is a new one: new creation time and origin.
     let meta = match current.filter(|_| !changes.flush) {
-        Some(row) => Meta { user: user.clone(), ..row.meta },
+        Some(row) => Meta {
+            user: user.clone(),
+            ..row.meta
+        },
         None => Meta {
             user: user.clone(),
             created_ms: if changes.flush { now } else { target.issued_ms },
@@ -123,12 +174,23 @@ fn write(tx: &Connection, target: Target, current: Option<Row>, changes: &Change
             agent: origin.agent.clone(),
         },
     };
-    let renewed = changes.renews_id().then(|| Target { id: Id::random(), issued_ms: now });
+    let renewed = changes.renews_id().then(|| Target {
+        id: Id::random(),
+        issued_ms: now,
+    });
     let session = renewed.unwrap_or(target);
     if stored {
-        put_live(tx, &session, next.as_deref().unwrap_or(EMPTY), &meta, policy, now)?;
+        put_live(
+            tx,
+            &session,
+            next.as_deref().unwrap_or(EMPTY),
+            &meta,
+            policy,
+            now,
+        )?;
     } else if renewed.is_none() {
-        tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?.execute(params![target.id.as_bytes().as_slice()])?;
+        tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+            .execute(params![target.id.as_bytes().as_slice()])?;
     }
     if renewed.is_some() {
         put_dead(tx, &target, (!changes.flush).then_some(session), policy)?;
@@ -141,12 +203,28 @@ fn write(tx: &Connection, target: Target, current: Option<Row>, changes: &Change
         revoked = revoke_user(tx, user, Some(&session.id), policy)?;
         live_delta -= revoked as isize;
     }
-    let outcome = Outcome::Applied { target: session, has_data: stored, revoked };
-    Ok(Applied { outcome: Ok(outcome), live_delta })
+    let outcome = Outcome::Applied {
+        target: session,
+        has_data: stored,
+        revoked,
+    };
+    Ok(Applied {
+        outcome: Ok(outcome),
+        live_delta,
+    })
 }
 
-fn put_live(tx: &Connection, t: &Target, data: &[u8], meta: &Meta, policy: &Policy, now: u64) -> rusqlite::Result<()> {
-    let expires = now.saturating_add(policy.idle_ms).min(policy.absolute_deadline(t.issued_ms));
+fn put_live(
+    tx: &Connection,
+    t: &Target,
+    data: &[u8],
+    meta: &Meta,
+    policy: &Policy,
+    now: u64,
+) -> rusqlite::Result<()> {
+    let expires = now
+        .saturating_add(policy.idle_ms)
+        .min(policy.absolute_deadline(t.issued_ms));
     tx.prepare_cached(
         "INSERT OR REPLACE INTO sessions (id, data, issued_ms, last_seen_ms, expires_ms, successor, successor_issued, user, created_ms, client, agent) \
          VALUES (?1, ?2, ?3, ?4, ?5, NULL, NULL, ?6, ?7, ?8, ?9)",
@@ -165,7 +243,12 @@ fn put_live(tx: &Connection, t: &Target, data: &[u8], meta: &Meta, policy: &Poli
     Ok(())
 }
 
-fn put_dead(tx: &Connection, t: &Target, successor: Option<Target>, policy: &Policy) -> rusqlite::Result<()> {
+fn put_dead(
+    tx: &Connection,
+    t: &Target,
+    successor: Option<Target>,
+    policy: &Policy,
+) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT OR REPLACE INTO sessions (id, data, issued_ms, last_seen_ms, expires_ms, successor, successor_issued) \
          VALUES (?1, NULL, ?2, ?2, ?3, ?4, ?5)",
@@ -181,7 +264,12 @@ fn put_dead(tx: &Connection, t: &Target, successor: Option<Target>, policy: &Pol
 }
 
 /// Turns the live sessions of `user` (but `keep`) into tombstones.
-pub fn revoke_user(tx: &Connection, user: &UserId, keep: Option<&Id>, policy: &Policy) -> rusqlite::Result<usize> {
+pub fn revoke_user(
+    tx: &Connection,
+    user: &UserId,
+    keep: Option<&Id>,
+    policy: &Policy,
+) -> rusqlite::Result<usize> {
     let keep = keep.map(|id| id.as_bytes().to_vec()).unwrap_or_default();
     tx.prepare_cached(
         "UPDATE sessions SET data = NULL, user = NULL, successor = NULL, successor_issued = NULL, expires_ms = issued_ms + ?3 \

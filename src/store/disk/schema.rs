@@ -102,7 +102,9 @@ fn check_existing(conn: &Connection, path: &Path) -> Result<(), OpenError> {
         1 => conn
             .execute_batch(MIGRATE_1_TO_2)
             .map_err(|e| corrupt(format!("upgrade from schema version 1 failed: {e}"))),
-        _ => Err(foreign(format!("schema version {version}, this sessiongate reads versions 1 and {SCHEMA_VERSION}"))),
+        _ => Err(foreign(format!(
+            "schema version {version}, this sessiongate reads versions 1 and {SCHEMA_VERSION}"
+        ))),
     }
 }
 

@@ -153,7 +153,8 @@ impl State {
         if applies.is_empty() && touches.is_empty() {
             return;
         }
-        let jobs: Vec<(Target, &Changes, &Origin)> = applies.iter().map(|(t, c, o, _)| (*t, c, o)).collect();
+        let jobs: Vec<(Target, &Changes, &Origin)> =
+            applies.iter().map(|(t, c, o, _)| (*t, c, o)).collect();
         let batch = self.transaction(&jobs, &touches);
         drop(jobs);
         match batch {
@@ -203,7 +204,11 @@ impl State {
 
     /// Applies the jobs and touches in one transaction; nothing is kept if
     /// any statement or the commit fails.
-    fn transaction(&mut self, jobs: &[(Target, &Changes, &Origin)], touches: &[(Id, u64)]) -> rusqlite::Result<Vec<rows::Applied>> {
+    fn transaction(
+        &mut self,
+        jobs: &[(Target, &Changes, &Origin)],
+        touches: &[(Id, u64)],
+    ) -> rusqlite::Result<Vec<rows::Applied>> {
         let policy = self.policy;
         let live = self.live.load(Ordering::Relaxed);
         let tx = self
@@ -257,13 +262,23 @@ impl State {
     }
 
     /// Ends sessions of `user` in one transaction; returns how many.
-    fn revoke(&mut self, user: &UserId, keep: Option<&Id>, handle: Option<&str>) -> Result<usize, Error> {
+    fn revoke(
+        &mut self,
+        user: &UserId,
+        keep: Option<&Id>,
+        handle: Option<&str>,
+    ) -> Result<usize, Error> {
         let policy = self.policy;
         let result = (|| -> rusqlite::Result<usize> {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let n = match handle {
                 None => rows::revoke_user(&tx, user, keep, &policy)?,
-                Some(handle) => match rows::of_user(&tx, user)?.into_iter().find(|(id, _)| id.handle() == handle) {
+                Some(handle) => match rows::of_user(&tx, user)?
+                    .into_iter()
+                    .find(|(id, _)| id.handle() == handle)
+                {
                     Some((id, _)) => rows::kill(&tx, &id, user, &policy)? as usize,
                     None => 0,
                 },
@@ -272,7 +287,8 @@ impl State {
             Ok(n)
         })();
         let n = result.map_err(|e| self.unavailable(e))?;
-        self.live.fetch_sub(n.min(self.live.load(Ordering::Relaxed)), Ordering::Relaxed);
+        self.live
+            .fetch_sub(n.min(self.live.load(Ordering::Relaxed)), Ordering::Relaxed);
         Ok(n)
     }
 }
