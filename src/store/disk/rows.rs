@@ -263,6 +263,10 @@ fn put_dead(
     Ok(())
 }
 
+/// What ending a live row writes: a tombstone until the id's absolute
+/// deadline (`?3`), bound to nobody, pointing nowhere.
+const END: &str = "data = NULL, user = NULL, successor = NULL, successor_issued = NULL, expires_ms = issued_ms + ?3";
+
 /// Turns the live sessions of `user` (but `keep`) into tombstones.
 pub fn revoke_user(
     tx: &Connection,
@@ -271,20 +275,22 @@ pub fn revoke_user(
     policy: &Policy,
 ) -> rusqlite::Result<usize> {
     let keep = keep.map(|id| id.as_bytes().to_vec()).unwrap_or_default();
-    tx.prepare_cached(
-        "UPDATE sessions SET data = NULL, user = NULL, successor = NULL, successor_issued = NULL, expires_ms = issued_ms + ?3 \
-         WHERE user = ?1 AND data IS NOT NULL AND id != ?2",
-    )?
+    tx.prepare_cached(&format!(
+        "UPDATE sessions SET {END} WHERE user = ?1 AND data IS NOT NULL AND id != ?2"
+    ))?
     .execute(params![user.as_str(), keep, policy.absolute_ms as i64])
 }
 
 /// Turns one live session of `user` into a tombstone.
 pub fn kill(tx: &Connection, id: &Id, user: &UserId, policy: &Policy) -> rusqlite::Result<bool> {
     let n = tx
-        .prepare_cached(
-            "UPDATE sessions SET data = NULL, user = NULL, successor = NULL, successor_issued = NULL, expires_ms = issued_ms + ?3 \
-             WHERE id = ?1 AND user = ?2 AND data IS NOT NULL",
-        )?
-        .execute(params![id.as_bytes().as_slice(), user.as_str(), policy.absolute_ms as i64])?;
+        .prepare_cached(&format!(
+            "UPDATE sessions SET {END} WHERE id = ?1 AND user = ?2 AND data IS NOT NULL"
+        ))?
+        .execute(params![
+            id.as_bytes().as_slice(),
+            user.as_str(),
+            policy.absolute_ms as i64
+        ])?;
     Ok(n > 0)
 }
