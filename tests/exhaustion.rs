@@ -9,17 +9,6 @@ use std::time::Duration;
 use support::client::{Conn, request};
 use support::{Proxy, Response, Upstream, config};
 
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024
-}
-
 /// `requests` cookie-less GETs over `threads` keep-alive connections.
 fn flood(proxy: &Proxy, threads: usize, requests: usize, path: &'static str) -> Vec<u16> {
     let addr = proxy.addr;
@@ -64,7 +53,7 @@ fn ten_thousand_idle_connections_do_not_stop_new_requests() {
     assert_eq!(b.get("/").status, 200);
     println!(
         "proxy RSS with 10k idle connections: {} MiB",
-        rss_mib(proxy.pid())
+        support::rss_mib(proxy.pid())
     );
     drop(idle);
 }
@@ -74,10 +63,10 @@ fn a_cookieless_flood_keeps_memory_flat_and_the_store_empty() {
     let up = Upstream::ok();
     let proxy = Proxy::start(&config(up.addr, ""));
     flood(&proxy, 4, 2_000, "/");
-    let before = rss_mib(proxy.pid());
+    let before = support::rss_mib(proxy.pid());
     let statuses = flood(&proxy, 8, 16_000, "/");
     assert!(statuses.iter().all(|&s| s == 200));
-    let after = rss_mib(proxy.pid());
+    let after = support::rss_mib(proxy.pid());
     println!("cookie-less flood: RSS {before} -> {after} MiB");
     assert!(
         after <= before + 16,
@@ -92,7 +81,7 @@ fn a_flood_that_fills_max_sessions_is_refused_and_memory_stays_bounded() {
     let proxy = Proxy::start(&config(up.addr, "[session]\nmax_sessions = 2000\n"));
     let mut keeper = proxy.browser();
     assert_eq!(keeper.get("/").status, 200);
-    let before = rss_mib(proxy.pid());
+    let before = support::rss_mib(proxy.pid());
     let statuses = flood(&proxy, 8, 20_000, "/");
     let refused = statuses.iter().filter(|&&s| s == 503).count();
     assert_eq!(
@@ -102,7 +91,7 @@ fn a_flood_that_fills_max_sessions_is_refused_and_memory_stays_bounded() {
     );
     assert_eq!(refused, 20_000 - 1999);
     assert_eq!(support::admin::sessions_held(&proxy), 2000);
-    let after = rss_mib(proxy.pid());
+    let after = support::rss_mib(proxy.pid());
     println!("full-store flood: RSS {before} -> {after} MiB");
     assert!(
         after <= before + 32,

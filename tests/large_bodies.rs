@@ -101,17 +101,6 @@ fn streaming_upstream() -> std::net::SocketAddr {
     addr
 }
 
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 /// Samples the proxy's RSS until stopped; returns the peak.
 fn watch_rss(pid: u32) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
     let stop = Arc::new(AtomicBool::new(false));
@@ -119,7 +108,7 @@ fn watch_rss(pid: u32) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
     let handle = std::thread::spawn(move || {
         let peak = AtomicU64::new(0);
         while !flag.load(Ordering::SeqCst) {
-            peak.fetch_max(rss(pid), Ordering::SeqCst);
+            peak.fetch_max(support::rss_mib(pid) << 20, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(50));
         }
         peak.load(Ordering::SeqCst)
@@ -133,7 +122,7 @@ fn a_gibibyte_each_way_streams_with_flat_memory() {
     let proxy = Proxy::start(&config(up, ""));
     // Warm up (the first request allocates pools and buffers).
     assert_eq!(proxy.browser().get("/download-warm").status, 200);
-    let baseline = rss(proxy.pid());
+    let baseline = support::rss_mib(proxy.pid()) << 20;
     let (stop, peak) = watch_rss(proxy.pid());
 
     let mut stream = std::net::TcpStream::connect(proxy.addr).unwrap();

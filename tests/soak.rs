@@ -36,17 +36,6 @@ fn handler(r: &Recorded) -> Response {
     }
 }
 
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap()
-        / 1024
-}
-
 /// Workers with a session each: they write increasing values of `n` (and
 /// read, and rotate now and then), remembering the last acknowledged one.
 struct Load {
@@ -157,7 +146,7 @@ fn assert_healthy(proxy: &mut Proxy, rss_before: u64) {
     assert!(proxy.alive(), "the proxy died");
     let logs = proxy.logs().join("\n");
     assert!(!logs.contains("panicked"), "a panic:\n{logs}");
-    let rss_after = rss_mib(proxy.pid());
+    let rss_after = support::rss_mib(proxy.pid());
     println!("soak: proxy RSS {rss_before} -> {rss_after} MiB");
     assert!(
         rss_after <= rss_before + 32,
@@ -179,7 +168,7 @@ fn soak_with_redis_and_upstream_restarts() {
     let browsers: Vec<Browser> = (0..WORKERS).map(|_| proxy.browser()).collect();
     let load = Load::start(browsers);
     load.serves_again(200);
-    let rss_before = rss_mib(proxy.pid());
+    let rss_before = support::rss_mib(proxy.pid());
     let deadline = Instant::now() + seconds();
     let mut faults = 0;
     while Instant::now() < deadline {
@@ -241,7 +230,7 @@ fn soak_with_disk_io_errors_and_upstream_restarts() {
     let browsers: Vec<Browser> = (0..WORKERS).map(|_| proxy.browser()).collect();
     let load = Load::start(browsers);
     load.serves_again(200);
-    let rss_before = rss_mib(proxy.pid());
+    let rss_before = support::rss_mib(proxy.pid());
     let deadline = Instant::now() + seconds();
     let (mut faults, mut saw_io_error) = (0, false);
     while Instant::now() < deadline {

@@ -221,6 +221,19 @@ pub fn field(line: &str, key: &str) -> Option<String> {
     )
 }
 
+/// Resident memory of a process, in MiB (from /proc).
+pub fn rss_mib(pid: u32) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is alive");
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    kb / 1024
+}
+
 /// Calls `f` until it returns `Some`, for at most `within`.
 pub fn poll<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + within;
