@@ -448,6 +448,22 @@ fn python_verifies(r: &Recorded, key: &str) -> bool {
     String::from_utf8_lossy(&out.stdout).trim() == "ok"
 }
 
+fn php_verifies(r: &Recorded, key: &str) -> bool {
+    let program = format!(
+        "{}\necho from_sessiongate(getenv('SIGNING_KEY')) ? 'ok' : 'refused';",
+        readme_snippet("<!-- verifier:php -->")
+    );
+    let out = Command::new("php")
+        .arg("-r")
+        .arg(program)
+        .env_clear()
+        .env("SIGNING_KEY", key)
+        .envs(cgi_env(r))
+        .output()
+        .expect("php (apt-get install -y php-cli; bash .ci/run does)");
+    String::from_utf8_lossy(&out.stdout).trim() == "ok"
+}
+
 fn shell_verifies(r: &Recorded, key: &str) -> bool {
     let out = Command::new("sh")
         .arg("-c")
@@ -519,6 +535,7 @@ fn injected_headers_are_signed_and_the_readme_verifiers_accept_only_genuine_requ
     ] {
         assert!(!python_verifies(r, key), "python accepted {what}");
         assert!(!shell_verifies(r, key), "shell accepted {what}");
+        assert!(!php_verifies(r, key), "php accepted {what}");
     }
     // A signature sent by the browser is stripped and replaced by the real one.
     let spoof = Conn::open(proxy.addr).exchange(
