@@ -122,12 +122,7 @@ fn sighup_reloads_the_config_without_dropping_connections_and_refuses_bad_files(
     ));
     let mut conn = Conn::open(proxy.addr);
     let reply = conn.exchange("GET", &request("GET", "/", &[], b""));
-    assert!(
-        reply
-            .all("set-cookie")
-            .iter()
-            .any(|c| c.starts_with("first="))
-    );
+    assert!(sets_cookie(&reply, "first"), "{:?}", reply.headers);
 
     let text = std::fs::read_to_string(&proxy.config_path).unwrap();
     std::fs::write(
@@ -148,26 +143,14 @@ fn sighup_reloads_the_config_without_dropping_connections_and_refuses_bad_files(
     proxy.wait_for_log(&["config reloaded"]);
     // The connection opened before the reload still serves, with the new settings.
     let reply = conn.exchange("GET", &request("GET", "/", &[], b""));
-    assert!(
-        reply
-            .all("set-cookie")
-            .iter()
-            .any(|c| c.starts_with("second=")),
-        "{:?}",
-        reply.headers
-    );
+    assert!(sets_cookie(&reply, "second"), "{:?}", reply.headers);
 
     // A broken file is refused with a log line; the running config stays.
     std::fs::write(&proxy.config_path, "this is [not toml").unwrap();
     hup(&proxy);
     proxy.wait_for_log(&["WARN", "reload refused", "not valid TOML"]);
     let reply = conn.exchange("GET", &request("GET", "/", &[], b""));
-    assert!(
-        reply
-            .all("set-cookie")
-            .iter()
-            .any(|c| c.starts_with("second="))
-    );
+    assert!(sets_cookie(&reply, "second"), "{:?}", reply.headers);
 
     // So is a change that needs a restart.
     let with_listen = text
@@ -177,12 +160,15 @@ fn sighup_reloads_the_config_without_dropping_connections_and_refuses_bad_files(
     hup(&proxy);
     proxy.wait_for_log(&["WARN", "reload refused", "restart"]);
     let reply = conn.exchange("GET", &request("GET", "/", &[], b""));
-    assert!(
-        reply
-            .all("set-cookie")
-            .iter()
-            .any(|c| c.starts_with("second="))
-    );
+    assert!(sets_cookie(&reply, "second"), "{:?}", reply.headers);
+}
+
+/// Whether `reply` sets a cookie named `name`.
+fn sets_cookie(reply: &support::Reply, name: &str) -> bool {
+    reply
+        .all("set-cookie")
+        .iter()
+        .any(|c| c.starts_with(&format!("{name}=")))
 }
 
 #[test]

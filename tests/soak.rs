@@ -123,6 +123,14 @@ impl Load {
     }
 }
 
+/// An upstream outage: stopped, then back on the same port after 700 ms.
+fn restart_upstream(up: Upstream) -> Upstream {
+    let addr = up.addr;
+    drop(up);
+    std::thread::sleep(Duration::from_millis(700));
+    Upstream::start_on(addr, handler)
+}
+
 /// Every worker's session holds at least its last acknowledged value.
 fn assert_no_acknowledged_write_lost(
     proxy: &Proxy,
@@ -177,9 +185,7 @@ fn soak_with_redis_and_upstream_restarts() {
             std::thread::sleep(Duration::from_millis(700));
             redis.restart();
         } else {
-            drop(up);
-            std::thread::sleep(Duration::from_millis(700));
-            up = Upstream::start_on(up_addr, handler);
+            up = restart_upstream(up);
         }
         faults += 1;
         load.serves_again(100);
@@ -241,9 +247,7 @@ fn soak_with_disk_io_errors_and_upstream_restarts() {
             let _ = strace.wait();
             saw_io_error |= proxy.logs().iter().any(|l| l.contains("status=503"));
         } else {
-            drop(up);
-            std::thread::sleep(Duration::from_millis(700));
-            up = Upstream::start_on(up_addr, handler);
+            up = restart_upstream(up);
         }
         faults += 1;
         load.serves_again(100);
