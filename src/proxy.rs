@@ -56,6 +56,19 @@ pub struct Downstream {
     pub peer: SocketAddr,
     pub tls: bool,
     pub activity: Activity,
+    /// The peer as the forwarding headers name it.
+    forwarded_peer: forwarded::Peer,
+}
+
+impl Downstream {
+    pub fn new(peer: SocketAddr, tls: bool, activity: Activity) -> Downstream {
+        Downstream {
+            peer,
+            tls,
+            activity,
+            forwarded_peer: forwarded::Peer::new(peer.ip()),
+        }
+    }
 }
 
 /// The browser's session as found (or started) for this request.
@@ -295,7 +308,7 @@ impl<S: Store> Proxy<S> {
         let proto = if down.tls { "https" } else { "http" };
         forwarded::set(
             &mut parts.headers,
-            down.peer.ip(),
+            &down.forwarded_peer,
             proto,
             host.clone(),
             &s.trusted_proxies,

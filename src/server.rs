@@ -234,11 +234,7 @@ async fn accept_loop<S: Store>(
             server.keep_alive_timeout,
         );
         let tap = activity.clone();
-        let down = Downstream {
-            peer,
-            tls: acceptor.is_some(),
-            activity,
-        };
+        let down = Downstream::new(peer, acceptor.is_some(), activity);
         let builder = builder(&server);
         let proxy = proxy.clone();
         let watcher = graceful.watcher();

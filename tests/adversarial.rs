@@ -176,7 +176,13 @@ fn session_headers_in_upstream_trailers_and_1xx_responses_never_reach_the_browse
 #[test]
 fn broken_upstream_operations_are_refused_the_response_delivered_the_session_unchanged() {
     let huge = format!("big=\"{}\"", "x".repeat(300_000));
-    let many: String = (0..5000)
+    // More than session.max_operations (256), within the head's line cap.
+    let many: String = (0..300)
+        .map(|i| format!("X-Session-Set: k{i}=1\r\n"))
+        .collect();
+    // Beyond max_operations + 128 lines the head itself is refused, as
+    // nginx refuses a head larger than its buffer.
+    let flood: String = (0..5000)
         .map(|i| format!("X-Session-Set: k{i}=1\r\n"))
         .collect();
     let up = support::upstream::raw(move |r| {
@@ -184,6 +190,7 @@ fn broken_upstream_operations_are_refused_the_response_delivered_the_session_unc
             "/keep" => "X-Session-Set: keep=1\r\n".to_owned(),
             "/huge" => format!("X-Session-Set: {huge}\r\n"),
             "/many" => many.clone(),
+            "/flood" => flood.clone(),
             "/latin1" => "X-Session-Set: k=\"\u{e9}\"\r\n".to_owned(),
             _ => String::new(),
         };
@@ -201,6 +208,8 @@ fn broken_upstream_operations_are_refused_the_response_delivered_the_session_unc
         );
         proxy.wait_for_log(&["WARN", path, "operations rejected"]);
     }
+    assert_eq!(b.get("/flood").status, 502);
+    proxy.wait_for_log(&["WARN", "/flood", "status=502"]);
     b.get("/");
     assert_eq!(up.last().session(), json!({"keep": 1}));
 }

@@ -15,51 +15,80 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// The connection's peer as the forwarding headers name it, rendered once
+/// per connection rather than once per request.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    ip: IpAddr,
+    text: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(ip: IpAddr) -> Peer {
+        let ip = canonical(ip);
+        let text =
+            HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value");
+        Peer { ip, text }
+    }
+}
+
+/// Headers only a trusted proxy may send.
+const SPOOFABLE: [HeaderName; 5] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    FORWARDED,
+    X_REAL_IP,
+];
+
 /// Sets the forwarding headers for a request from `peer` received over `proto`.
 pub fn set(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &Peer,
     proto: &'static str,
     host: Option<HeaderValue>,
     trusted: &[IpNet],
 ) {
-    let peer = canonical(peer);
-    let trusted_peer = trusted.iter().any(|net| net.contains(&peer));
-    let peer_text = peer.to_string();
-    if !trusted_peer {
-        for name in [
-            X_FORWARDED_FOR,
-            X_FORWARDED_PROTO,
-            X_FORWARDED_HOST,
-            FORWARDED,
-            X_REAL_IP,
-        ] {
+    let trusted_peer = trusted.iter().any(|net| net.contains(&peer.ip));
+    // One pass over the names is cheaper than five removals (each hashes
+    // and probes), and most requests carry none of them.
+    let any_present = headers.keys().any(|n| SPOOFABLE.contains(n));
+    if !trusted_peer && any_present {
+        for name in SPOOFABLE {
             headers.remove(name);
         }
     }
+    let kept = trusted_peer && any_present;
+    let xff = match kept.then(|| chain(headers)).flatten() {
+        Some(chain) => HeaderValue::try_from(format!("{chain}, {}", ip_text(peer))).ok(),
+        None => Some(peer.text.clone()),
+    };
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if !kept || !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if (!kept || !headers.contains_key(X_FORWARDED_HOST))
+        && let Some(host) = host.or_else(|| headers.get(HOST).cloned())
+    {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+}
+
+/// The `X-Forwarded-For` values a trusted proxy sent, joined; `None` if none.
+fn chain(headers: &HeaderMap) -> Option<String> {
     let chain = headers
         .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect::<Vec<_>>()
         .join(", ");
-    let xff = if chain.is_empty() {
-        peer_text
-    } else {
-        format!("{chain}, {peer_text}")
-    };
-    headers.remove(X_FORWARDED_FOR);
-    if let Ok(v) = HeaderValue::try_from(xff) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
-    if !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    }
-    if !headers.contains_key(X_FORWARDED_HOST)
-        && let Some(host) = host.or_else(|| headers.get(HOST).cloned())
-    {
-        headers.insert(X_FORWARDED_HOST, host);
-    }
+    (!chain.is_empty()).then_some(chain)
+}
+
+fn ip_text(peer: &Peer) -> &str {
+    peer.text.to_str().expect("rendered from an IP address")
 }
 
 /// IPv4 peers on a dual-stack socket arrive as `::ffff:a.b.c.d`.
@@ -86,7 +115,13 @@ mod tests {
     #[test]
     fn untrusted_peer_values_are_replaced() {
         let mut h = spoofed();
-        set(&mut h, "10.0.0.9".parse().unwrap(), "http", None, &[]);
+        set(
+            &mut h,
+            &Peer::new("10.0.0.9".parse().unwrap()),
+            "http",
+            None,
+            &[],
+        );
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[X_FORWARDED_HOST], "app.example");
@@ -98,12 +133,29 @@ mod tests {
         let mut h = spoofed();
         set(
             &mut h,
-            "::ffff:10.0.0.9".parse().unwrap(),
+            &Peer::new("::ffff:10.0.0.9".parse().unwrap()),
             "http",
             None,
             &["10.0.0.0/8".parse().unwrap()],
         );
         assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 10.0.0.9");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
+    }
+
+    #[test]
+    fn trusted_peer_without_headers_gets_its_own() {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("app.example"));
+        let trusted = ["10.0.0.0/8".parse().unwrap()];
+        set(
+            &mut h,
+            &Peer::new("10.0.0.9".parse().unwrap()),
+            "https",
+            None,
+            &trusted,
+        );
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_FORWARDED_HOST], "app.example");
     }
 }

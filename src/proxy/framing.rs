@@ -8,8 +8,11 @@
 //! is closed; nothing reaches the upstream. Upstream responses with both
 //! framing headers are refused (502) and their connection is not reused.
 
+use std::sync::LazyLock;
+
 use http::HeaderMap;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use memchr::memmem::Finder;
 
 /// Why a message's framing is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -23,6 +26,13 @@ pub enum Refused {
 }
 
 /// Checks a request's framing headers.
+/// Where a message head ends: the index of its blank line's `\r\n\r\n`.
+pub fn find_blank_line(bytes: &[u8]) -> Option<usize> {
+    // Built once: a Finder's setup costs more than searching a short head.
+    static BLANK_LINE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
+    BLANK_LINE.find(bytes)
+}
+
 pub fn check_request(headers: &HeaderMap) -> Result<(), Refused> {
     if headers.get_all(HOST).iter().count() > 1 {
         return Err(Refused::Hosts);

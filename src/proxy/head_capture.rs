@@ -83,7 +83,7 @@ impl Capture {
 
 /// End of a head (index just past its `\r\n\r\n`).
 fn find_blank_line(buf: &[u8]) -> Option<usize> {
-    memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4)
+    super::framing::find_blank_line(buf).map(|i| i + 4)
 }
 
 /// `HTTP/1.1 1xx` other than 101 (which ends the exchange like a final one).

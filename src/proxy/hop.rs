@@ -20,15 +20,25 @@ const PROTECTED: [HeaderName; 2] = [header::HOST, header::CONTENT_LENGTH];
 
 /// Removes the hop-by-hop headers from `headers`.
 pub fn strip(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    // Only names found in one pass over the map are removed: a removal
+    // hashes and probes, and most messages carry one or none of the six.
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| FIXED.contains(name))
+        .cloned()
+        .collect();
+    if doomed.is_empty() {
+        return;
+    }
+    let named = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .filter(|name| !PROTECTED.contains(name))
-        .collect();
-    for name in named.iter().chain(FIXED.iter()) {
+        .filter(|name| !PROTECTED.contains(name));
+    doomed.extend(named);
+    for name in doomed {
         headers.remove(name);
     }
 }

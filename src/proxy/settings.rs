@@ -19,6 +19,9 @@ use crate::cookie::{CookieBuilder, Signer};
 use crate::protocol::HeaderPrefix;
 use crate::session::Policy;
 
+/// Header lines besides operations that a response head may carry.
+const HEADER_ROOM: usize = 128;
+
 pub struct Settings {
     pub client: Client<CapturingConnector, RequestBody>,
     pub upstream: UpstreamConfig,
@@ -65,9 +68,12 @@ impl Settings {
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             // The original Host is forwarded, as most apps build URLs from it.
             .set_host(false)
-            // An upstream may send many operation headers; refusing them is
-            // our job (with a log line), not a parse error's (a 502).
-            .http1_max_headers(65_536)
+            // An upstream may send more operation lines than allowed;
+            // refusing them is our job (with a log line), not a parse
+            // error's (a 502), so the head holds max_operations plus room
+            // for ordinary headers. Not more: hyper allocates this many
+            // slots for every response it parses.
+            .http1_max_headers(config.session.max_operations + HEADER_ROOM)
             // Large operation values are refused by session.max_bytes with
             // a log line; only heads beyond this are a parse error (502).
             .http1_max_buf_size(4 << 20)

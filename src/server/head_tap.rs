@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::deadline::Activity;
-use crate::proxy::framing::check_raw_request;
+use crate::proxy::framing::{check_raw_request, find_blank_line};
 
 pub struct HeadTap<T> {
     inner: T,
@@ -47,7 +47,7 @@ impl<T> HeadTap<T> {
             return;
         }
         if copy.is_empty()
-            && let Some(end) = memchr::memmem::find(bytes, b"\r\n\r\n")
+            && let Some(end) = find_blank_line(bytes)
         {
             // The common case: the whole head in one read, checked in place.
             self.activity
@@ -57,7 +57,7 @@ impl<T> HeadTap<T> {
         }
         let start = copy.len().saturating_sub(3);
         copy.extend_from_slice(bytes);
-        if let Some(end) = memchr::memmem::find(&copy[start..], b"\r\n\r\n") {
+        if let Some(end) = find_blank_line(&copy[start..]) {
             let verdict = check_raw_request(&copy[..start + end + 4]);
             self.activity.set_framing(verdict);
             self.copy = None;
