@@ -60,6 +60,8 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// Signs the injected headers (`X-Session-Signature`) when set.
     pub signing_key: Option<crate::signature::SigningKey>,
+    /// Most upstream connections paired with browser connections (0: none).
+    pub paired_connections: usize,
 }
 
 /// The signing secrets: the current one signs, all verify.

@@ -175,28 +175,35 @@ fn unquote(v: &str) -> &str {
 /// Removes every cookie named `name` from the `Cookie` headers, leaving the
 /// others as they were; a header left empty is dropped.
 pub fn remove_from_request(headers: &mut HeaderMap, name: &str) {
-    if !request_values(headers, name).any(|_| true) {
+    let is_ours = |pair: &str| pair.split('=').next().map(str::trim) == Some(name);
+    let mut changed = false;
+    let mut kept: Vec<HeaderValue> = Vec::new();
+    for value in headers.get_all(COOKIE) {
+        let text = match value.to_str() {
+            Ok(text) if text.split(';').any(is_ours) => text,
+            // Not ours, or not text (then it cannot hold our cookie in a
+            // form we read): kept as is.
+            _ => {
+                kept.push(value.clone());
+                continue;
+            }
+        };
+        changed = true;
+        let pairs: Vec<&str> = text
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && !is_ours(p))
+            .collect();
+        if !pairs.is_empty() {
+            kept.push(
+                HeaderValue::from_str(&pairs.join("; "))
+                    .expect("a subset of a valid header value is valid"),
+            );
+        }
+    }
+    if !changed {
         return;
     }
-    let kept: Vec<HeaderValue> = headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|h| {
-            let Ok(text) = h.to_str() else {
-                // Not text: it cannot hold our cookie in a form we read; keep it as is.
-                return Some(h.clone());
-            };
-            let pairs: Vec<&str> = text
-                .split(';')
-                .map(str::trim)
-                .filter(|p| !p.is_empty() && p.split('=').next().map(str::trim) != Some(name))
-                .collect();
-            (!pairs.is_empty()).then(|| {
-                HeaderValue::from_str(&pairs.join("; "))
-                    .expect("a subset of a valid header value is valid")
-            })
-        })
-        .collect();
     headers.remove(COOKIE);
     for value in kept {
         headers.append(COOKIE, value);

@@ -17,6 +17,7 @@ mod forwarded;
 pub(crate) mod framing;
 mod head_capture;
 mod hop;
+pub(crate) mod paired;
 pub mod path;
 mod settings;
 mod upgrade;
@@ -36,6 +37,7 @@ pub use body::{BoxError, ResponseBody};
 use body::{Filtered, Limits, RequestBody};
 pub use error::Error;
 use head_capture::HeadCapture;
+use paired::Paired;
 use settings::{Fixed, Settings};
 
 use crate::config::Config;
@@ -58,6 +60,8 @@ pub struct Downstream {
     pub activity: Activity,
     /// The peer as the forwarding headers name it.
     forwarded_peer: forwarded::Peer,
+    /// The upstream connection of this browser connection (HTTP/1).
+    paired: Paired,
 }
 
 impl Downstream {
@@ -67,7 +71,13 @@ impl Downstream {
             tls,
             activity,
             forwarded_peer: forwarded::Peer::new(peer.ip()),
+            paired: Paired::default(),
         }
+    }
+
+    /// To be driven with the connection (see [`paired::Driven`]).
+    pub(crate) fn paired(&self) -> &Paired {
+        &self.paired
     }
 }
 
@@ -196,6 +206,8 @@ impl<S: Store> Proxy<S> {
             return Err(Error::BodyTooLarge(max));
         }
         let websocket = upgrade::wants_websocket(req.headers());
+        let paired = (pairable(&req, websocket) && down.paired.claim(&s.paired_budget))
+            .then_some(&down.paired);
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let path = path::normalize(parts.uri.path())
@@ -216,12 +228,18 @@ impl<S: Store> Proxy<S> {
             max: s.server.max_body_bytes,
         };
         let mut req = Request::from_parts(parts, Filtered::new(body, s.prefix.clone(), limits));
-        let connection = capture_connection(&mut req);
-        let mut rsp = self.send(s, req).await?;
+        let pooled = paired.is_none().then(|| capture_connection(&mut req));
+        let mut rsp = self.send(s, req, paired).await?;
         if let Err(refused) = framing::check_response(rsp.headers()) {
             // The bytes after such a response cannot be trusted: never reuse it.
-            if let Some(connected) = connection.connection_metadata().as_ref() {
-                connected.poison();
+            match (paired, pooled) {
+                (Some(paired), _) => paired.discard(),
+                (None, Some(pooled)) => {
+                    if let Some(connected) = pooled.connection_metadata().as_ref() {
+                        connected.poison();
+                    }
+                }
+                (None, None) => {}
             }
             return Err(Error::UpstreamFraming(refused));
         }
@@ -337,18 +355,29 @@ impl<S: Store> Proxy<S> {
         Ok(())
     }
 
+    /// Sends on the browser connection's paired upstream connection if
+    /// given, else on the pooled client.
     async fn send(
         &self,
         s: &Settings,
         req: Request<RequestBody>,
+        paired: Option<&Paired>,
     ) -> Result<Response<Incoming>, Error> {
         let timeout = s.upstream.timeout;
         let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(timeout, s.client.request(req)).await {
-            Err(_) => Err(Error::UpstreamTimeout(timeout)),
-            Ok(Err(e)) => Err(Error::from_client(e, s.upstream.connect_timeout)),
-            Ok(Ok(rsp)) => Ok(rsp),
+        let result = match paired {
+            Some(paired) => tokio::time::timeout(timeout, paired.send(s, req)).await,
+            None => {
+                tokio::time::timeout(timeout, async {
+                    s.client
+                        .request(req)
+                        .await
+                        .map_err(|e| Error::from_client(e, s.upstream.connect_timeout))
+                })
+                .await
+            }
         };
+        let result = result.unwrap_or(Err(Error::UpstreamTimeout(timeout)));
         self.metrics
             .upstream_latency
             .observe(started.elapsed().as_secs_f64());
@@ -512,7 +541,7 @@ fn injected(session: &Resolved) -> protocol::Injected {
     let value = |text: &str| HeaderValue::from_bytes(text.as_bytes()).ok();
     let meta = session.meta.as_ref();
     protocol::Injected {
-        id: HeaderValue::try_from(session.target.id.to_string()).expect("ids are base64url"),
+        id: session.target.id.header_value(),
         new: session.started,
         data: session
             .data
@@ -550,6 +579,21 @@ fn origin(s: &Settings, headers: &HeaderMap, down: &Downstream) -> Origin {
         client: Some(client.into()),
         agent: agent.map(Into::into),
     }
+}
+
+/// Whether a request may use its browser connection's paired upstream
+/// connection: HTTP/1 (HTTP/2 streams run side by side), no upgrade (it
+/// takes the connection over), and a connection the browser keeps open.
+fn pairable(req: &Request<Incoming>, websocket: bool) -> bool {
+    let closes = || {
+        req.headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("close"))
+    };
+    req.version() == Version::HTTP_11 && !websocket && !closes()
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -67,6 +67,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, StoreConfig};
+use crate::proxy::paired::Driven;
 use crate::proxy::{BoxError, Downstream, Proxy, ResponseBody};
 use crate::session::Policy;
 use crate::store::Store;
@@ -235,6 +236,7 @@ async fn accept_loop<S: Store>(
         );
         let tap = activity.clone();
         let down = Downstream::new(peer, acceptor.is_some(), activity);
+        let paired = down.paired().clone();
         let builder = builder(&server);
         let proxy = proxy.clone();
         let watcher = graceful.watcher();
@@ -266,13 +268,12 @@ async fn accept_loop<S: Store>(
                 }
             };
             let io = HeadTap::new(io, tap, server.max_header_bytes);
-            let served = watcher
-                .watch(
-                    builder
-                        .serve_connection_with_upgrades(TokioIo::new(io), service)
-                        .into_owned(),
-                )
-                .await;
+            let connection = watcher.watch(
+                builder
+                    .serve_connection_with_upgrades(TokioIo::new(io), service)
+                    .into_owned(),
+            );
+            let served = Driven::new(connection, paired).await;
             if let Err(e) = served {
                 debug!(%peer, error = %e, "connection ended with an error");
             }

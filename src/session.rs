@@ -73,13 +73,26 @@ impl Id {
     }
 }
 
+impl Id {
+    fn encode<'b>(&self, buf: &'b mut [u8; ID_TEXT_LEN]) -> &'b str {
+        let n = URL_SAFE_NO_PAD
+            .encode_slice(self.0, buf)
+            .expect("32 bytes encode to 43 characters");
+        std::str::from_utf8(&buf[..n]).expect("base64 is ASCII")
+    }
+
+    /// The id as a header value, without a `String` on the way.
+    pub fn header_value(&self) -> http::HeaderValue {
+        let mut buf = [0u8; ID_TEXT_LEN];
+        http::HeaderValue::from_str(self.encode(&mut buf))
+            .expect("base64url is a valid header value")
+    }
+}
+
 impl fmt::Display for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut buf = [0u8; ID_TEXT_LEN];
-        let n = URL_SAFE_NO_PAD
-            .encode_slice(self.0, &mut buf)
-            .expect("32 bytes encode to 43 characters");
-        f.write_str(std::str::from_utf8(&buf[..n]).expect("base64 is ASCII"))
+        f.write_str(self.encode(&mut buf))
     }
 }
 

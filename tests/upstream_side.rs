@@ -152,3 +152,68 @@ fn request_bodies_stream_through_unchanged() {
     assert_eq!(conn.read("POST").unwrap().status, 200);
     assert_eq!(up.last().body, b"hello world");
 }
+
+/// An upstream that counts connections; `/both` answers with both framings
+/// (refused by the proxy), `/last` closes its connection after answering.
+fn counting_upstream() -> Upstream {
+    support::upstream::raw(|r| {
+        match r.target.as_str() {
+        "/both" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+        "/last" => b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+    }
+    })
+}
+
+fn get_on(conn: &mut Conn, path: &str) -> u16 {
+    conn.exchange("GET", &request("GET", path, &[], b"")).status
+}
+
+fn upstream_connections(up: &Upstream) -> usize {
+    up.connections.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[test]
+fn a_kept_alive_browser_connection_keeps_one_upstream_connection_and_drops_a_broken_one() {
+    let up = counting_upstream();
+    let proxy = Proxy::start(&config(up.addr, ""));
+    let mut conn = Conn::open(proxy.addr);
+    // The first request goes through the pool; the reused connection gets
+    // one upstream connection of its own for every later request.
+    for _ in 0..5 {
+        assert_eq!(get_on(&mut conn, "/"), 200);
+    }
+    assert_eq!(upstream_connections(&up), 2);
+    // A refused response's connection is never reused.
+    assert_eq!(get_on(&mut conn, "/both"), 502);
+    assert_eq!(get_on(&mut conn, "/"), 200);
+    assert_eq!(upstream_connections(&up), 3);
+    // One the upstream closes is replaced on the next request.
+    assert_eq!(get_on(&mut conn, "/last"), 200);
+    for _ in 0..3 {
+        assert_eq!(get_on(&mut conn, "/"), 200);
+    }
+    assert_eq!(upstream_connections(&up), 4);
+}
+
+#[test]
+fn with_no_paired_connections_every_request_uses_the_pool() {
+    let up = counting_upstream();
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{}\"\npaired_connections = 0\n[secret]\nvalue = \"{}\"\n[cookie]\nsecure = false\n",
+        up.addr,
+        support::SECRET
+    );
+    let proxy = Proxy::start(&text);
+    let mut conns: Vec<Conn> = (0..3).map(|_| Conn::open(proxy.addr)).collect();
+    for _ in 0..3 {
+        for conn in &mut conns {
+            assert_eq!(get_on(conn, "/"), 200);
+        }
+    }
+    assert_eq!(
+        upstream_connections(&up),
+        1,
+        "one pooled connection served all"
+    );
+}

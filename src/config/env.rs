@@ -39,6 +39,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("upstream", "connect_timeout", Kind::Duration),
     ("upstream", "timeout", Kind::Duration),
     ("upstream", "signing_key", Kind::Text),
+    ("upstream", "paired_connections", Kind::Integer),
     ("secret", "value", Kind::Text),
     ("secret", "env", Kind::Text),
     ("secret", "file", Kind::Text),

@@ -96,6 +96,7 @@ struct RawUpstreamTable {
     connect_timeout: Option<RawDuration>,
     timeout: Option<RawDuration>,
     signing_key: Option<String>,
+    paired_connections: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -320,6 +321,7 @@ fn validate_upstream(raw: Option<RawUpstream>) -> Result<UpstreamConfig, KeyErro
             connect_timeout: None,
             timeout: None,
             signing_key: None,
+            paired_connections: None,
         },
         Some(RawUpstream::Table(t)) => t,
     };
@@ -374,6 +376,7 @@ fn validate_upstream(raw: Option<RawUpstream>) -> Result<UpstreamConfig, KeyErro
         connect_timeout,
         timeout,
         signing_key,
+        paired_connections: table.paired_connections.unwrap_or(1024),
     })
 }
 

@@ -5,7 +5,7 @@
 use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 
-use super::body::{BodyError, ResponseBody, body_error, full};
+use super::body::{BodyError, BoxError, ResponseBody, body_error, full};
 use crate::store;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +25,7 @@ pub enum Error {
     #[error("request body malformed or cut: {0}")]
     BodyBroken(String),
     #[error("upstream unreachable: {0}")]
-    Upstream(#[source] hyper_util::client::legacy::Error),
+    Upstream(#[source] BoxError),
     #[error("upstream did not answer within {0:?}")]
     UpstreamTimeout(std::time::Duration),
     #[error(transparent)]
@@ -39,16 +39,20 @@ impl Error {
         e: hyper_util::client::legacy::Error,
         connect_timeout: std::time::Duration,
     ) -> Error {
-        match body_error(&e) {
-            Some(BodyError::Stalled(d)) => return Error::BodyTimeout(d),
-            Some(BodyError::TooLarge(max)) => return Error::BodyTooLarge(max),
-            Some(BodyError::Broken(why)) => return Error::BodyBroken(why),
-            None => {}
-        }
         if e.is_connect() && timed_out(&e) {
             return Error::UpstreamTimeout(connect_timeout);
         }
-        Error::Upstream(e)
+        Error::from_exchange(e.into())
+    }
+
+    /// Classifies a failed exchange with a connected upstream.
+    pub fn from_exchange(e: BoxError) -> Error {
+        match body_error(&*e) {
+            Some(BodyError::Stalled(d)) => Error::BodyTimeout(d),
+            Some(BodyError::TooLarge(max)) => Error::BodyTooLarge(max),
+            Some(BodyError::Broken(why)) => Error::BodyBroken(why),
+            None => Error::Upstream(e),
+        }
     }
 
     pub fn status(&self) -> StatusCode {

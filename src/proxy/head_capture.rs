@@ -128,6 +128,12 @@ pub struct CapturingStream {
     capture: HeadCapture,
 }
 
+impl CapturingStream {
+    pub fn new(inner: TcpStream, capture: HeadCapture) -> CapturingStream {
+        CapturingStream { inner, capture }
+    }
+}
+
 impl AsyncRead for CapturingStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -215,10 +221,10 @@ impl tower_service::Service<Uri> for CapturingConnector {
         let connecting = self.inner.call(dst);
         Box::pin(async move {
             let tcp = connecting.await?.into_inner();
-            Ok(TokioIo::new(CapturingStream {
-                inner: tcp,
-                capture: HeadCapture::default(),
-            }))
+            Ok(TokioIo::new(CapturingStream::new(
+                tcp,
+                HeadCapture::default(),
+            )))
         })
     }
 }

@@ -11,6 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ipnet::IpNet;
+use tokio::sync::Semaphore;
 
 use super::body::RequestBody;
 use super::head_capture::CapturingConnector;
@@ -22,8 +23,17 @@ use crate::session::Policy;
 /// Header lines besides operations that a response head may carry.
 const HEADER_ROOM: usize = 128;
 
+/// Largest upstream response head: large operation values are refused by
+/// session.max_bytes with a log line; only heads beyond this are a parse
+/// error (502).
+pub const UPSTREAM_HEAD_BYTES: usize = 4 << 20;
+
 pub struct Settings {
     pub client: Client<CapturingConnector, RequestBody>,
+    /// Most header lines read in an upstream response head.
+    pub upstream_head_lines: usize,
+    /// Shares of `upstream.paired_connections` (see `paired`).
+    pub paired_budget: Arc<Semaphore>,
     pub upstream: UpstreamConfig,
     pub signer: Signer,
     pub cookies: CookieBuilder,
@@ -60,6 +70,7 @@ impl Fixed {
 
 impl Settings {
     pub fn new(config: Config) -> Settings {
+        let upstream_head_lines = config.session.max_operations + HEADER_ROOM;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.upstream.connect_timeout));
         connector.set_nodelay(true);
@@ -73,13 +84,18 @@ impl Settings {
             // error's (a 502), so the head holds max_operations plus room
             // for ordinary headers. Not more: hyper allocates this many
             // slots for every response it parses.
-            .http1_max_headers(config.session.max_operations + HEADER_ROOM)
-            // Large operation values are refused by session.max_bytes with
-            // a log line; only heads beyond this are a parse error (502).
-            .http1_max_buf_size(4 << 20)
+            .http1_max_headers(upstream_head_lines)
+            .http1_max_buf_size(UPSTREAM_HEAD_BYTES)
             .build(CapturingConnector::new(connector));
         Settings {
             client,
+            upstream_head_lines,
+            paired_budget: Arc::new(Semaphore::new(
+                config
+                    .upstream
+                    .paired_connections
+                    .min(Semaphore::MAX_PERMITS),
+            )),
             upstream: config.upstream,
             signer: Signer::new(config.secrets.current, config.secrets.previous),
             cookies: CookieBuilder::new(config.cookie.clone()),
