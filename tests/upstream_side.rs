@@ -197,6 +197,25 @@ fn a_kept_alive_browser_connection_keeps_one_upstream_connection_and_drops_a_bro
 }
 
 #[test]
+fn an_idle_browser_connection_gives_its_upstream_connection_back() {
+    let up = counting_upstream();
+    let proxy = Proxy::start(&config(up.addr, ""));
+    let mut conn = Conn::open(proxy.addr);
+    for _ in 0..3 {
+        assert_eq!(get_on(&mut conn, "/"), 200);
+    }
+    assert_eq!(upstream_connections(&up), 2, "one pooled, one paired");
+    // Two idle checks (2 s apart) with no request between them close it.
+    std::thread::sleep(std::time::Duration::from_millis(5_000));
+    assert_eq!(get_on(&mut conn, "/"), 200);
+    assert_eq!(
+        upstream_connections(&up),
+        3,
+        "the kept-alive browser got a fresh paired connection"
+    );
+}
+
+#[test]
 fn with_no_paired_connections_every_request_uses_the_pool() {
     let up = counting_upstream();
     let text = format!(

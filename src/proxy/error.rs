@@ -39,10 +39,18 @@ impl Error {
         e: hyper_util::client::legacy::Error,
         connect_timeout: std::time::Duration,
     ) -> Error {
-        if e.is_connect() && timed_out(&e) {
-            return Error::UpstreamTimeout(connect_timeout);
+        if e.is_connect() {
+            return Error::from_connect(e.into(), connect_timeout);
         }
         Error::from_exchange(e.into())
+    }
+
+    /// Classifies a failed connect: a timeout is a 504, anything else a 502.
+    pub fn from_connect(e: BoxError, connect_timeout: std::time::Duration) -> Error {
+        match timed_out(&*e) {
+            true => Error::UpstreamTimeout(connect_timeout),
+            false => Error::Upstream(e),
+        }
     }
 
     /// Classifies a failed exchange with a connected upstream.

@@ -25,7 +25,6 @@ pub enum Refused {
     Hosts,
 }
 
-/// Checks a request's framing headers.
 /// Where a message head ends: the index of its blank line's `\r\n\r\n`.
 pub fn find_blank_line(bytes: &[u8]) -> Option<usize> {
     // Built once: a Finder's setup costs more than searching a short head.
@@ -33,6 +32,7 @@ pub fn find_blank_line(bytes: &[u8]) -> Option<usize> {
     BLANK_LINE.find(bytes)
 }
 
+/// Checks a request's framing headers.
 pub fn check_request(headers: &HeaderMap) -> Result<(), Refused> {
     if headers.get_all(HOST).iter().count() > 1 {
         return Err(Refused::Hosts);

@@ -132,6 +132,10 @@ impl CapturingStream {
     pub fn new(inner: TcpStream, capture: HeadCapture) -> CapturingStream {
         CapturingStream { inner, capture }
     }
+
+    pub fn capture(&self) -> &HeadCapture {
+        &self.capture
+    }
 }
 
 impl AsyncRead for CapturingStream {

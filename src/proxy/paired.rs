@@ -9,11 +9,12 @@
 //! streams, which run side by side; WebSocket upgrades, which take the
 //! connection over) goes through the pooled client.
 //!
-//! So that idle browsers do not pin upstream connections without bound
-//! (a small legacy app may serve few at once), a connection is paired only
-//! once the browser has reused it (its second request, without
-//! `Connection: close`), and at most `upstream.paired_connections` are
-//! paired at a time; the rest use the pool, as every request did before.
+//! So that idle browsers do not pin upstream connections (a small legacy
+//! app may serve few at once), a connection is paired only once the
+//! browser has reused it (its second request, without `Connection:
+//! close`), a paired connection is closed after [`IDLE_RELEASE`] unused,
+//! and at most `upstream.paired_connections` are paired at a time; the
+//! rest use the pool, as every request did before.
 //!
 //! hyper has no ready-made client for this (its `conn` API is the part
 //! that is left to the caller), hence this module.
@@ -22,20 +23,22 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::uri::Authority;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, Connection, SendRequest};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
 use tracing::debug;
 
 use super::Error;
 use super::body::RequestBody;
 use super::head_capture::{CapturingStream, HeadCapture};
 use super::settings::Settings;
+use hyper_util::rt::TokioIo;
 
 type Conn = Connection<TokioIo<CapturingStream>, RequestBody>;
 
@@ -49,10 +52,18 @@ struct Open {
     capture: HeadCapture,
 }
 
+/// A paired connection unused for this long (two checks in a row with no
+/// request between them) is closed and its share given back: a browser
+/// sends its requests in bursts, and an idle one must not hold an upstream
+/// worker of a small app.
+pub const IDLE_RELEASE: Duration = Duration::from_secs(2);
+
 #[derive(Default)]
 struct Slot {
     /// Requests the browser connection has sent that could be paired.
     seen: u32,
+    /// A request came since the last idle check.
+    active: bool,
     /// A share of `upstream.paired_connections`, held while paired.
     permit: Option<OwnedSemaphorePermit>,
     open: Option<Open>,
@@ -73,8 +84,17 @@ impl Paired {
     pub fn claim(&self, budget: &Arc<Semaphore>) -> bool {
         self.with(|slot| {
             slot.seen = slot.seen.saturating_add(1);
+            slot.active = true;
             if slot.seen < 2 {
                 return false;
+            }
+            if slot
+                .permit
+                .as_ref()
+                .is_some_and(|p| !Arc::ptr_eq(p.semaphore(), budget))
+            {
+                // A reload made a new budget: the old share no longer counts.
+                slot.close();
             }
             if let Some(open) = &slot.open {
                 return open.sender.is_some();
@@ -86,7 +106,7 @@ impl Paired {
         })
     }
 
-    /// Sends `req` (not [`available`](Self::available) means: do not call),
+    /// Sends `req` (only after [`claim`](Self::claim) said yes),
     /// opening the connection first when there is none, or it closed, or
     /// it goes to another upstream since a reload.
     pub async fn send(
@@ -131,6 +151,23 @@ impl Paired {
         Ok(rsp)
     }
 
+    /// Closes the connection if no request came since the last check and
+    /// none is under way; says whether a connection is still open.
+    fn release_if_idle(&self) -> bool {
+        self.with(|slot| {
+            let active = std::mem::take(&mut slot.active);
+            let Some(open) = &slot.open else {
+                return false;
+            };
+            // Ready: no request in flight and its response body fully read.
+            let idle = open.sender.as_ref().is_some_and(SendRequest::is_ready);
+            if !active && idle {
+                slot.close();
+            }
+            slot.open.is_some()
+        })
+    }
+
     /// Never reuse the connection (its response could not be trusted).
     pub fn discard(&self) {
         self.with(Slot::close);
@@ -160,17 +197,19 @@ impl Paired {
     async fn open(&self, s: &Settings) -> Result<(SendRequest<RequestBody>, HeadCapture), Error> {
         self.with(|slot| slot.open = None);
         let origin = s.upstream.authority.clone();
-        let timeout = s.upstream.connect_timeout;
-        let host = origin.host().trim_start_matches('[').trim_end_matches(']');
-        let port = origin.port_u16().unwrap_or(80);
-        let tcp = match tokio::time::timeout(timeout, TcpStream::connect((host, port))).await {
-            Err(_) => return Err(Error::UpstreamTimeout(timeout)),
-            Ok(Err(e)) => return Err(Error::Upstream(e.into())),
-            Ok(Ok(tcp)) => tcp,
-        };
-        let _ = tcp.set_nodelay(true);
-        let capture = HeadCapture::default();
-        let io = TokioIo::new(CapturingStream::new(tcp, capture.clone()));
+        let target = Uri::builder()
+            .scheme(s.upstream.scheme.clone())
+            .authority(origin.clone())
+            .path_and_query("/")
+            .build()
+            .expect("built from a validated upstream URL");
+        let connect_error = |e| Error::from_connect(e, s.upstream.connect_timeout);
+        let mut connector = s.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(connect_error)?;
+        let io = connector.call(target).await.map_err(connect_error)?;
+        let capture = io.inner().capture().clone();
         let (sender, conn) = Builder::new()
             .max_headers(s.upstream_head_lines)
             .max_buf_size(super::settings::UPSTREAM_HEAD_BYTES)
@@ -194,10 +233,11 @@ impl Paired {
     }
 
     /// Lets the connection read and write; forgets it once it has ended.
-    fn poll_connection(&self, cx: &mut Context<'_>) {
+    /// Says whether one is open.
+    fn poll_connection(&self, cx: &mut Context<'_>) -> bool {
         self.with(|slot| {
             let Some(open) = slot.open.as_mut() else {
-                return;
+                return false;
             };
             if let Poll::Ready(ended) = open.conn.as_mut().poll(cx) {
                 if let Err(e) = ended {
@@ -206,7 +246,8 @@ impl Paired {
                 // The share is kept: the browser is likely to send more.
                 slot.open = None;
             }
-        });
+            slot.open.is_some()
+        })
     }
 }
 
@@ -245,6 +286,8 @@ fn origin_form(uri: &Uri) -> Uri {
 pub struct Driven<F> {
     inner: Pin<Box<F>>,
     paired: Paired,
+    /// Armed while a paired connection is open (see [`IDLE_RELEASE`]).
+    idle_check: Option<Pin<Box<Sleep>>>,
 }
 
 impl<F: Future> Driven<F> {
@@ -252,6 +295,31 @@ impl<F: Future> Driven<F> {
         Driven {
             inner: Box::pin(inner),
             paired,
+            idle_check: None,
+        }
+    }
+
+    fn poll_idle_check(&mut self, cx: &mut Context<'_>, open: bool) {
+        if !open {
+            self.idle_check = None;
+            return;
+        }
+        match &mut self.idle_check {
+            None => {
+                let mut check = Box::pin(tokio::time::sleep(IDLE_RELEASE));
+                // Registers the waker; the timer wakes the task when due.
+                let _ = check.as_mut().poll(cx);
+                self.idle_check = Some(check);
+            }
+            Some(check) if !check.is_elapsed() => {}
+            Some(check) => {
+                if self.paired.release_if_idle() {
+                    check.as_mut().reset(Instant::now() + IDLE_RELEASE);
+                    let _ = check.as_mut().poll(cx);
+                } else {
+                    self.idle_check = None;
+                }
+            }
         }
     }
 }
@@ -266,7 +334,8 @@ impl<F: Future> Future for Driven<F> {
         this.paired.poll_connection(cx);
         let out = this.inner.as_mut().poll(cx);
         if out.is_pending() {
-            this.paired.poll_connection(cx);
+            let open = this.paired.poll_connection(cx);
+            this.poll_idle_check(cx, open);
         }
         out
     }

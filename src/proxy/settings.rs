@@ -30,6 +30,9 @@ pub const UPSTREAM_HEAD_BYTES: usize = 4 << 20;
 
 pub struct Settings {
     pub client: Client<CapturingConnector, RequestBody>,
+    /// The pooled client's connector, for paired connections too (same
+    /// resolution, per-address timeouts and IPv6/IPv4 racing).
+    pub connector: CapturingConnector,
     /// Most header lines read in an upstream response head.
     pub upstream_head_lines: usize,
     /// Shares of `upstream.paired_connections` (see `paired`).
@@ -86,9 +89,10 @@ impl Settings {
             // slots for every response it parses.
             .http1_max_headers(upstream_head_lines)
             .http1_max_buf_size(UPSTREAM_HEAD_BYTES)
-            .build(CapturingConnector::new(connector));
+            .build(CapturingConnector::new(connector.clone()));
         Settings {
             client,
+            connector: CapturingConnector::new(connector),
             upstream_head_lines,
             paired_budget: Arc::new(Semaphore::new(
                 config
