@@ -117,10 +117,16 @@ fn every_acknowledged_change_survives_kill_9_in_the_middle_of_a_parallel_write_l
         for (i, b) in browsers.iter().enumerate() {
             let mut b = b.clone();
             b.addr = proxy.addr;
-            b.get("/");
-            let stored = up.last().session()["n"]
-                .as_u64()
-                .expect("the session survived");
+            // Found by its own target: a request the killed proxy had sent
+            // may still be recorded late by a busy upstream.
+            let probe = format!("/probe/{round}/{i}");
+            b.get(&probe);
+            let seen = up
+                .requests()
+                .into_iter()
+                .rfind(|r| r.target == probe)
+                .expect("the probe reached the upstream");
+            let stored = seen.session()["n"].as_u64().expect("the session survived");
             let acked = acked[i].load(Ordering::SeqCst);
             // The change in flight at the kill may or may not be there.
             assert!(
