@@ -3,7 +3,8 @@
 //! Phases, each a small function below:
 //! 1. [`Proxy::resolve`] finds the browser's session (or starts one);
 //! 2. [`Proxy::upstream_request`] strips what must not pass, injects the session;
-//! 3. [`Proxy::send`] forwards it on the pooled client, with a deadline;
+//! 3. [`Proxy::send`] forwards it, with a deadline, on the browser
+//!    connection's own upstream connection ([`paired`]) or the pooled client;
 //! 4. [`Proxy::respond`] takes the upstream's operations, stores them
 //!    before the response head leaves, and sets the cookie and cache headers.
 //!
