@@ -586,15 +586,7 @@ fn origin(s: &Settings, headers: &HeaderMap, down: &Downstream) -> Origin {
 /// connection: HTTP/1 (HTTP/2 streams run side by side), no upgrade (it
 /// takes the connection over), and a connection the browser keeps open.
 fn pairable(req: &Request<Incoming>, websocket: bool) -> bool {
-    let closes = || {
-        req.headers()
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("close"))
-    };
-    req.version() == Version::HTTP_11 && !websocket && !closes()
+    req.version() == Version::HTTP_11 && !websocket && !hop::connection_has(req.headers(), "close")
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -60,7 +60,7 @@ pub fn set(
     }
     let kept = trusted_peer && any_present;
     let xff = match kept.then(|| chain(headers)).flatten() {
-        Some(chain) => HeaderValue::try_from(format!("{chain}, {}", ip_text(peer))).ok(),
+        Some(chain) => HeaderValue::try_from(format!("{chain}, {}", peer.ip)).ok(),
         None => Some(peer.text.clone()),
     };
     if let Some(v) = xff {
@@ -85,10 +85,6 @@ fn chain(headers: &HeaderMap) -> Option<String> {
         .collect::<Vec<_>>()
         .join(", ");
     (!chain.is_empty()).then_some(chain)
-}
-
-fn ip_text(peer: &Peer) -> &str {
-    peer.text.to_str().expect("rendered from an IP address")
 }
 
 /// IPv4 peers on a dual-stack socket arrive as `::ffff:a.b.c.d`.

@@ -18,6 +18,21 @@ const FIXED: [HeaderName; 6] = [
 /// to route and frame the message (hyper re-frames the body itself).
 const PROTECTED: [HeaderName; 2] = [header::HOST, header::CONTENT_LENGTH];
 
+/// The tokens of every `Connection` header, trimmed.
+pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+/// Whether `Connection` names `token` (case-insensitively).
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
+}
+
 /// Removes the hop-by-hop headers from `headers`.
 pub fn strip(headers: &mut HeaderMap) {
     // Only names found in one pass over the map are removed: a removal
@@ -30,12 +45,8 @@ pub fn strip(headers: &mut HeaderMap) {
     if doomed.is_empty() {
         return;
     }
-    let named = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+    let named = connection_tokens(headers)
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .filter(|name| !PROTECTED.contains(name));
     doomed.extend(named);
     for name in doomed {

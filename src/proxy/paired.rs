@@ -29,6 +29,7 @@ use http::uri::Authority;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, Connection, SendRequest};
+use hyper_util::rt::TokioIo;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
@@ -38,7 +39,6 @@ use super::Error;
 use super::body::RequestBody;
 use super::head_capture::{CapturingStream, HeadCapture};
 use super::settings::Settings;
-use hyper_util::rt::TokioIo;
 
 type Conn = Connection<TokioIo<CapturingStream>, RequestBody>;
 
@@ -129,7 +129,7 @@ impl Paired {
             // Closed by the upstream while idle.
             (sender, capture) = self.open(s).await?;
         }
-        let rsp = match sender.try_send_request(req).await {
+        let mut rsp = match sender.try_send_request(req).await {
             Ok(rsp) => rsp,
             Err(mut e) => match e.take_message() {
                 // Never written: the connection closed under it; one retry
@@ -146,7 +146,6 @@ impl Paired {
         };
         guard.done = true;
         self.put_back(sender);
-        let mut rsp = rsp;
         rsp.extensions_mut().insert(capture);
         Ok(rsp)
     }

@@ -14,13 +14,7 @@ use crate::server::deadline::Busy;
 
 /// Whether the request asks to become a WebSocket.
 pub fn wants_websocket(headers: &HeaderMap) -> bool {
-    let connection_upgrade = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    connection_upgrade
+    super::hop::connection_has(headers, "upgrade")
         && headers
             .get(UPGRADE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
