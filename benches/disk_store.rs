@@ -103,6 +103,7 @@ async fn main() {
             path: dir.path().join(format!("{durability:?}.db")),
             durability,
             max_file_bytes: None,
+            cache_bytes: 64 << 20,
         };
         let store = Arc::new(DiskStore::open(options, policy).unwrap());
         let targets: Arc<Vec<Target>> = Arc::new(

@@ -150,6 +150,7 @@ fn stores(c: &mut Criterion) {
             path: dir.path().join(format!("{durability:?}.db")),
             durability,
             max_file_bytes: None,
+            cache_bytes: 64 << 20,
         };
         let store = DiskStore::open(options, policy()).unwrap();
         bench_store(

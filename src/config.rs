@@ -136,6 +136,8 @@ pub enum StoreConfig {
         path: PathBuf,
         durability: Durability,
         max_file_bytes: Option<u64>,
+        /// Bytes of live sessions kept in memory for reads; 0 turns it off.
+        cache_bytes: u64,
     },
     Redis {
         url: String,

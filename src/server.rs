@@ -126,11 +126,13 @@ pub async fn serve(
             path,
             durability,
             max_file_bytes,
+            cache_bytes,
         } => {
             let options = DiskOptions {
                 path,
                 durability,
                 max_file_bytes,
+                cache_bytes,
             };
             // Opening checks the whole file: keep it off the async workers.
             let store =

@@ -74,6 +74,10 @@ fn bad_values_name_the_key_and_what_is_accepted() {
             &["cookie.name", "__Host-"],
         ),
         ("[store]\nkind = \"floppy\"\n", &["store.kind", "memory"]),
+        (
+            "[store]\ncache_bytes = 1024\n",
+            &["store.cache_bytes", "only used with store.kind = \"disk\""],
+        ),
         ("[log]\nformat = \"xml\"\n", &["log.format", "json"]),
         ("[admin]\nlisten = \"nowhere\"\n", &["admin.listen"]),
     ];
@@ -112,6 +116,11 @@ fn environment_variables_override_the_file_and_are_validated() {
         GOOD,
         &[("SESSIONGATE_SESSION_CREATE", "never")],
         &["session.create"],
+    );
+    assert_refused(
+        GOOD,
+        &[("SESSIONGATE_STORE_CACHE_BYTES", "lots")],
+        &["SESSIONGATE_STORE_CACHE_BYTES"],
     );
     assert_refused(
         GOOD,

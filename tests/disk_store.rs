@@ -52,6 +52,11 @@ fn sessions_survive_a_restart_with_relaxed_durability() {
     survive_restart("durability = \"relaxed\"\n");
 }
 
+#[test]
+fn sessions_survive_a_restart_without_the_read_cache() {
+    survive_restart("cache_bytes = 0\n");
+}
+
 fn survive_restart(extra: &str) {
     let up = setter();
     let mut proxy = start_disk(&up, extra);

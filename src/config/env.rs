@@ -62,6 +62,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("store", "path", Kind::Text),
     ("store", "durability", Kind::Text),
     ("store", "max_file_bytes", Kind::Integer),
+    ("store", "cache_bytes", Kind::Integer),
     ("store", "url", Kind::Text),
     ("store", "key_prefix", Kind::Text),
     ("store", "cluster", Kind::Bool),

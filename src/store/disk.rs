@@ -14,10 +14,14 @@
 //! absolute deadline. `expires_ms` is the row's next deadline, indexed, so
 //! expiry is one indexed UPDATE and one indexed DELETE.
 //!
+//! Recently used live sessions are also kept in a read cache bounded in
+//! bytes (`store.cache_bytes`); only the writer changes it (see `cache`).
+//!
 //! An exclusive lock on `<path>.lock` keeps a second process out; a file
 //! that fails SQLite's `quick_check`, or is not ours, refuses to open and is
 //! never changed.
 
+mod cache;
 mod rows;
 mod schema;
 mod writer;
@@ -30,9 +34,10 @@ use std::sync::{Arc, Mutex};
 use http::HeaderValue;
 use rusqlite::Connection;
 
-use super::{ApplyError, Error, Loaded, Lookup, Origin, Outcome, SessionInfo, Store, Target};
+use super::{ApplyError, Error, Loaded, Lookup, Meta, Origin, Outcome, SessionInfo, Store, Target};
 use crate::config::Durability;
 use crate::session::{Changes, Id, Policy, UserId, now_ms};
+use cache::Cache;
 use writer::{Job, Writer};
 
 /// Why the disk store could not open. Each names the file.
@@ -61,12 +66,15 @@ pub struct DiskOptions {
     pub durability: Durability,
     /// Largest database file, in bytes; beyond it writes fail (503).
     pub max_file_bytes: Option<u64>,
+    /// Bytes of live sessions kept in the read cache; 0 turns it off.
+    pub cache_bytes: u64,
 }
 
 pub struct DiskStore {
     path: PathBuf,
     writer: Writer,
     readers: Arc<Mutex<Vec<Connection>>>,
+    cache: Arc<Cache>,
     live: Arc<AtomicUsize>,
     policy: Policy,
     /// Minimum time between two writes of a session's last-seen time.
@@ -86,11 +94,13 @@ impl DiskStore {
             reason: e.to_string(),
         })?;
         let live = Arc::new(AtomicUsize::new(live));
-        let writer = Writer::start(conn, policy, live.clone(), path.clone());
+        let cache = Arc::new(Cache::new(options.cache_bytes));
+        let writer = Writer::start(conn, policy, live.clone(), cache.clone(), path.clone());
         Ok(DiskStore {
             path,
             writer,
             readers: Arc::new(Mutex::new(Vec::new())),
+            cache,
             live,
             policy,
             touch_ms: (policy.idle_ms / 10).clamp(1, 60_000),
@@ -118,6 +128,20 @@ impl DiskStore {
 
     fn unavailable(&self, e: impl std::fmt::Display) -> Error {
         Error::Unavailable(format!("disk store {}: {e}", self.path.display()))
+    }
+
+    /// A stored session, from the cache or the file: live unless expired.
+    fn live(&self, id: &Id, issued_ms: u64, data: HeaderValue, meta: Meta) -> Lookup {
+        let now = now_ms();
+        if self.policy.is_expired(issued_ms, meta.last_seen_ms, now) {
+            return Lookup::Dead;
+        }
+        // Idle time is kept to within `touch_ms`; a lost touch only
+        // shortens a session's idle life by that much.
+        if now.saturating_sub(meta.last_seen_ms) >= self.touch_ms {
+            self.writer.send(Job::Touch { id: *id, now });
+        }
+        Lookup::Live(Loaded { data, meta })
     }
 
     /// Runs `f` on a reader connection on the blocking pool.
@@ -173,29 +197,24 @@ fn lock(path: &Path) -> Result<File, OpenError> {
 
 impl Store for DiskStore {
     async fn load(&self, id: &Id) -> Result<Lookup, Error> {
+        if let Some(entry) = self.cache.get(id) {
+            return Ok(self.live(id, entry.issued_ms, entry.data, entry.meta));
+        }
         let key = *id;
         let row = self.read(move |conn| rows::read(conn, &key)).await?;
-        let now = now_ms();
         let Some(row) = row else {
             return Ok(Lookup::Unknown);
         };
         let Some(data) = row.data else {
             return Ok(Lookup::Dead);
         };
-        if self.policy.is_expired(row.issued_ms, row.last_seen_ms, now) {
-            return Ok(Lookup::Dead);
-        }
-        // Idle time is kept to within `touch_ms`; a lost touch only
-        // shortens a session's idle life by that much.
-        if now.saturating_sub(row.last_seen_ms) >= self.touch_ms {
-            self.writer.send(Job::Touch { id: *id, now });
-        }
         let data = HeaderValue::from_maybe_shared(bytes::Bytes::from(data))
             .map_err(|_| self.unavailable("a stored session is not valid header text"))?;
-        Ok(Lookup::Live(Loaded {
-            data,
-            meta: row.meta,
-        }))
+        let found = self.live(id, row.issued_ms, data, row.meta);
+        if self.cache.enabled() && matches!(found, Lookup::Live(_)) {
+            self.writer.send(Job::Warm { id: *id });
+        }
+        Ok(found)
     }
 
     async fn apply(

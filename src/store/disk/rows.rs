@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::cache::Cached;
 use crate::session::{Changes, EMPTY, Id, Policy, UserId, next_data};
 use crate::store::{ApplyError, Error, Meta, Origin, Outcome, Target};
 
@@ -87,13 +88,28 @@ pub struct Applied {
     pub outcome: Result<Outcome, ApplyError>,
     /// Change in the number of live rows.
     pub live_delta: isize,
+    /// What the read cache learns once the change is committed.
+    pub cache: CacheEffect,
+}
+
+/// How one change moved sessions in or out of the live state.
+#[derive(Default)]
+pub struct CacheEffect {
+    /// The session as now stored.
+    pub stored: Option<(Id, Cached)>,
+    /// An id that stopped being live (rotated, flushed, emptied).
+    pub ended: Option<Id>,
+    /// Other sessions of the user ended (Revoke-Others).
+    pub others_ended: bool,
 }
 
 impl Applied {
+    /// A change that wrote nothing (refused, or its session is gone).
     fn logical(outcome: Result<Outcome, ApplyError>) -> Applied {
         Applied {
             outcome,
             live_delta: 0,
+            cache: CacheEffect::default(),
         }
     }
 }
@@ -179,21 +195,32 @@ fn write(
         issued_ms: now,
     });
     let session = renewed.unwrap_or(target);
+    let mut cache = CacheEffect::default();
     if stored {
-        put_live(
-            tx,
-            &session,
-            next.as_deref().unwrap_or(EMPTY),
-            &meta,
-            policy,
-            now,
-        )?;
+        let data = next.unwrap_or_else(|| EMPTY.to_vec());
+        put_live(tx, &session, &data, &meta, policy, now)?;
+        // Stored JSON is ASCII text; were it ever not, the cache skips it.
+        if let Ok(data) = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(data)) {
+            let meta = Meta {
+                last_seen_ms: now,
+                ..meta
+            };
+            let entry = Cached {
+                data,
+                issued_ms: session.issued_ms,
+                meta,
+            };
+            cache.stored = Some((session.id, entry));
+        }
     } else if renewed.is_none() {
         tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
             .execute(params![target.id.as_bytes().as_slice()])?;
     }
     if renewed.is_some() {
         put_dead(tx, &target, (!changes.flush).then_some(session), policy)?;
+    }
+    if renewed.is_some() || !stored {
+        cache.ended = Some(target.id);
     }
     let mut live_delta = stored as isize - had as isize;
     let mut revoked = 0;
@@ -202,6 +229,7 @@ fn write(
     {
         revoked = revoke_user(tx, user, Some(&session.id), policy)?;
         live_delta -= revoked as isize;
+        cache.others_ended = revoked > 0;
     }
     let outcome = Outcome::Applied {
         target: session,
@@ -211,6 +239,7 @@ fn write(
     Ok(Applied {
         outcome: Ok(outcome),
         live_delta,
+        cache,
     })
 }
 

@@ -2,7 +2,8 @@
 //! the group commit. Every job waiting in the queue joins one transaction
 //! (one fsync); all are answered after the commit. If the batch fails (a
 //! full disk, an I/O error), each change is retried alone so that only the
-//! ones that really fail get an error.
+//! ones that really fail get an error. After each commit, and before any
+//! answer, the writer brings the read cache up to date (see `cache`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +15,8 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use super::rows;
+use super::cache::{Cache, Cached};
+use super::rows::{self, CacheEffect};
 use crate::session::{Changes, Id, Policy, UserId, now_ms};
 use crate::store::{ApplyError, Error, Origin, Outcome, Target};
 
@@ -37,6 +39,8 @@ pub enum Job {
     },
     /// Refresh a live session's last-seen time; nobody waits for it.
     Touch { id: Id, now: u64 },
+    /// A read missed the cache: load the session into it; nobody waits.
+    Warm { id: Id },
     Sweep {
         reply: oneshot::Sender<Result<usize, Error>>,
     },
@@ -52,6 +56,7 @@ impl Writer {
         conn: Connection,
         policy: Policy,
         live: Arc<AtomicUsize>,
+        cache: Arc<Cache>,
         path: PathBuf,
     ) -> Writer {
         let (tx, rx) = mpsc::channel();
@@ -59,6 +64,7 @@ impl Writer {
             conn,
             policy,
             live,
+            cache,
             path,
         };
         let thread = std::thread::Builder::new()
@@ -94,8 +100,17 @@ struct State {
     conn: Connection,
     policy: Policy,
     live: Arc<AtomicUsize>,
+    cache: Arc<Cache>,
     path: PathBuf,
 }
+
+/// An Apply job taken apart: the change and where its answer goes.
+type ApplyJob = (
+    Target,
+    Changes,
+    Origin,
+    oneshot::Sender<Result<Outcome, ApplyError>>,
+);
 
 /// A change computed inside a transaction, answered after its commit.
 struct Pending {
@@ -128,6 +143,7 @@ impl State {
     fn commit_batch(&mut self, batch: Vec<Job>) {
         let mut applies = Vec::new();
         let mut touches = Vec::new();
+        let mut warms = Vec::new();
         for job in batch {
             match job {
                 Job::Apply {
@@ -145,20 +161,34 @@ impl State {
                     let _ = reply.send(self.revoke(&user, keep.as_ref(), handle.as_deref()));
                 }
                 Job::Touch { id, now } => touches.push((id, now)),
+                Job::Warm { id } => warms.push(id),
                 Job::Sweep { reply } => {
                     let _ = reply.send(self.sweep());
                 }
             }
         }
-        if applies.is_empty() && touches.is_empty() {
-            return;
+        if !(applies.is_empty() && touches.is_empty()) {
+            self.commit_changes(applies, &touches);
         }
+        // After the changes: a warm loads the state they left.
+        for id in warms {
+            self.warm(&id);
+        }
+    }
+
+    fn commit_changes(&mut self, applies: Vec<ApplyJob>, touches: &[(Id, u64)]) {
         let jobs: Vec<(Target, &Changes, &Origin)> =
             applies.iter().map(|(t, c, o, _)| (*t, c, o)).collect();
-        let batch = self.transaction(&jobs, &touches);
+        let batch = self.transaction(&jobs, touches);
         drop(jobs);
         match batch {
-            Ok(results) => {
+            Ok(mut results) => {
+                for applied in &mut results {
+                    self.learn(std::mem::take(&mut applied.cache));
+                }
+                for (id, seen) in touches {
+                    self.cache.touched(id, *seen);
+                }
                 for ((.., reply), applied) in applies.into_iter().zip(results) {
                     self.answer(Pending {
                         reply,
@@ -173,6 +203,7 @@ impl State {
                     let pending = match self.transaction(&[(target, &changes, &origin)], &[]) {
                         Ok(mut results) => {
                             let applied = results.pop().expect("one result per job");
+                            self.learn(applied.cache);
                             Pending {
                                 reply,
                                 result: applied.outcome,
@@ -188,6 +219,44 @@ impl State {
                     self.answer(pending);
                 }
             }
+        }
+    }
+
+    /// Brings the read cache up to date with one committed change.
+    fn learn(&self, effect: CacheEffect) {
+        if let Some(id) = effect.ended {
+            self.cache.forget(&id);
+        }
+        if let Some((id, entry)) = effect.stored {
+            self.cache.put(id, entry);
+        }
+        if effect.others_ended {
+            self.cache.clear();
+        }
+    }
+
+    /// Loads a live session into the read cache; a failure only costs the
+    /// next read a trip to the file.
+    fn warm(&self, id: &Id) {
+        if self.cache.get(id).is_some() {
+            return;
+        }
+        let row = match rows::read(&self.conn, id) {
+            Ok(Some(row)) => row,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(path = %self.path.display(), error = %e, "disk store: could not load a session into the read cache");
+                return;
+            }
+        };
+        let Some(data) = row.data else { return };
+        if let Ok(data) = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(data)) {
+            let entry = Cached {
+                data,
+                issued_ms: row.issued_ms,
+                meta: row.meta,
+            };
+            self.cache.put(*id, entry);
         }
     }
 
@@ -287,6 +356,10 @@ impl State {
             Ok(n)
         })();
         let n = result.map_err(|e| self.unavailable(e))?;
+        // The ended sessions are not named one by one: start the cache over.
+        if n > 0 {
+            self.cache.clear();
+        }
         self.live
             .fetch_sub(n.min(self.live.load(Ordering::Relaxed)), Ordering::Relaxed);
         Ok(n)

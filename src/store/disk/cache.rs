@@ -1,0 +1,152 @@
+//! The disk store's read cache: recently used live sessions, bounded in
+//! bytes, so a returning browser is served without a trip to the blocking
+//! pool and SQLite.
+//!
+//! Only the writer thread changes the cache. It is the only connection that
+//! writes the file (and the lock file keeps other processes out), so what it
+//! puts in the cache is the committed state, and it updates the cache after
+//! each commit *before* answering, so a reply such as "rotated" is never
+//! followed by a read of the old state. Readers that miss ask the writer to
+//! warm the entry instead of inserting what they read: a reader's row may
+//! already be stale when it arrives, the writer's never is.
+
+use http::HeaderValue;
+use quick_cache::Weighter;
+use quick_cache::sync::Cache as QuickCache;
+
+use crate::session::Id;
+use crate::store::Meta;
+
+/// Bytes counted for an entry besides its data: id, times, metadata.
+const ENTRY_OVERHEAD: u64 = 256;
+
+/// A live session as stored.
+#[derive(Debug, Clone)]
+pub struct Cached {
+    pub data: HeaderValue,
+    pub issued_ms: u64,
+    /// `meta.last_seen_ms` is the stored last-seen time.
+    pub meta: Meta,
+}
+
+#[derive(Clone)]
+struct ByBytes;
+
+impl Weighter<Id, Cached> for ByBytes {
+    fn weight(&self, _id: &Id, entry: &Cached) -> u64 {
+        entry.data.len() as u64
+            + ENTRY_OVERHEAD
+            + entry.meta.client.as_deref().map_or(0, str::len) as u64
+            + entry.meta.agent.as_deref().map_or(0, str::len) as u64
+    }
+}
+
+/// The cache; `None` inside when `store.cache_bytes = 0`.
+pub struct Cache(Option<QuickCache<Id, Cached, ByBytes>>);
+
+impl Cache {
+    pub fn new(bytes: u64) -> Cache {
+        if bytes == 0 {
+            return Cache(None);
+        }
+        // The item estimate only sizes the first allocation.
+        let items = (bytes / (ENTRY_OVERHEAD * 2)).clamp(16, 1 << 20) as usize;
+        Cache(Some(QuickCache::with_weighter(items, bytes, ByBytes)))
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.0.is_some()
+    }
+
+    pub fn get(&self, id: &Id) -> Option<Cached> {
+        self.0.as_ref()?.get(id)
+    }
+
+    /// Writer thread only: `entry` is the committed state of `id`.
+    pub fn put(&self, id: Id, entry: Cached) {
+        if let Some(cache) = &self.0 {
+            cache.insert(id, entry);
+        }
+    }
+
+    /// Writer thread only: `id` is no longer live.
+    pub fn forget(&self, id: &Id) {
+        if let Some(cache) = &self.0 {
+            cache.remove(id);
+        }
+    }
+
+    /// Writer thread only: records a touch the writer committed.
+    pub fn touched(&self, id: &Id, seen_ms: u64) {
+        if let Some(mut entry) = self.get(id)
+            && entry.meta.last_seen_ms < seen_ms
+        {
+            entry.meta.last_seen_ms = seen_ms;
+            self.put(*id, entry);
+        }
+    }
+
+    /// Writer thread only: after changes to sessions it cannot name one by
+    /// one (ending a user's sessions).
+    pub fn clear(&self) {
+        if let Some(cache) = &self.0 {
+            cache.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(data_bytes: usize, last_seen_ms: u64) -> Cached {
+        let text = format!("{{\"k\":\"{}\"}}", "x".repeat(data_bytes));
+        Cached {
+            data: HeaderValue::from_str(&text).unwrap(),
+            issued_ms: 1,
+            meta: Meta {
+                last_seen_ms,
+                ..Meta::default()
+            },
+        }
+    }
+
+    #[test]
+    fn holds_no_more_bytes_than_its_bound() {
+        let cache = Cache::new(64 * 1024);
+        let ids: Vec<Id> = (0..1000).map(|_| Id::random()).collect();
+        for id in &ids {
+            cache.put(*id, entry(1024, 1));
+        }
+        let held = ids.iter().filter(|id| cache.get(id).is_some()).count();
+        // 64 KiB over about 1.3 KiB per entry.
+        assert!(held > 0 && held <= 50, "held {held} entries");
+    }
+
+    #[test]
+    fn zero_bytes_turns_it_off() {
+        let cache = Cache::new(0);
+        let id = Id::random();
+        cache.put(id, entry(10, 1));
+        assert!(!cache.enabled());
+        assert!(cache.get(&id).is_none());
+    }
+
+    #[test]
+    fn a_touch_only_moves_last_seen_forward_and_forget_removes() {
+        let cache = Cache::new(1 << 20);
+        let id = Id::random();
+        cache.put(id, entry(10, 100));
+        cache.touched(&id, 50);
+        assert_eq!(cache.get(&id).unwrap().meta.last_seen_ms, 100);
+        cache.touched(&id, 200);
+        assert_eq!(cache.get(&id).unwrap().meta.last_seen_ms, 200);
+        cache.forget(&id);
+        assert!(cache.get(&id).is_none());
+        cache.touched(&id, 300);
+        assert!(
+            cache.get(&id).is_none(),
+            "a touch does not bring an id back"
+        );
+    }
+}
