@@ -44,12 +44,12 @@ impl<'de> Deserialize<'de> for RawDuration {
     }
 }
 
-/// Longest accepted duration: deadlines are added to clocks, and ten years
-/// is beyond any session or timeout anyone means.
 /// The disk store's read cache: 64 MiB holds about 150,000 sessions of
 /// 200 bytes, the working set of a busy site, at a small cost in RSS.
 const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Longest accepted duration: deadlines are added to clocks, and ten years
+/// is beyond any session or timeout anyone means.
 const MAX_DURATION: Duration = Duration::from_secs(3650 * 24 * 3600);
 
 fn parse_duration(text: &str) -> Option<Duration> {

@@ -210,8 +210,9 @@ impl Store for DiskStore {
         };
         let data = HeaderValue::from_maybe_shared(bytes::Bytes::from(data))
             .map_err(|_| self.unavailable("a stored session is not valid header text"))?;
+        let admitted = self.cache.admits(data.len());
         let found = self.live(id, row.issued_ms, data, row.meta);
-        if self.cache.enabled() && matches!(found, Lookup::Live(_)) {
+        if admitted && matches!(found, Lookup::Live(_)) {
             self.writer.send(Job::Warm { id: *id });
         }
         Ok(found)

@@ -17,8 +17,14 @@ use quick_cache::sync::Cache as QuickCache;
 use crate::session::Id;
 use crate::store::Meta;
 
-/// Bytes counted for an entry besides its data: id, times, metadata.
+/// Bytes counted for an entry besides its data and texts: id, times,
+/// allocation headers.
 const ENTRY_OVERHEAD: u64 = 256;
+
+/// The heaviest entry is this fraction of the cache: one huge session
+/// must not push out thousands, and a read that misses need not ask the
+/// writer to warm what would not be kept.
+const LARGEST_SHARE: u64 = 256;
 
 /// A live session as stored.
 #[derive(Debug, Clone)]
@@ -29,15 +35,36 @@ pub struct Cached {
     pub meta: Meta,
 }
 
+impl Cached {
+    /// `None` if `data` is not header text (stored JSON always is).
+    pub fn new(mut data: Vec<u8>, issued_ms: u64, meta: Meta) -> Option<Cached> {
+        // The encoder grows its buffer by doubling: without this an entry
+        // could hold twice the bytes it is weighed at.
+        data.shrink_to_fit();
+        let data = HeaderValue::from_maybe_shared(bytes::Bytes::from(data)).ok()?;
+        Some(Cached {
+            data,
+            issued_ms,
+            meta,
+        })
+    }
+
+    fn weight(&self) -> u64 {
+        let text = |t: Option<&str>| t.map_or(0, str::len) as u64;
+        self.data.len() as u64
+            + ENTRY_OVERHEAD
+            + text(self.meta.user.as_ref().map(|u| u.as_str()))
+            + text(self.meta.client.as_deref())
+            + text(self.meta.agent.as_deref())
+    }
+}
+
 #[derive(Clone)]
 struct ByBytes;
 
 impl Weighter<Id, Cached> for ByBytes {
     fn weight(&self, _id: &Id, entry: &Cached) -> u64 {
-        entry.data.len() as u64
-            + ENTRY_OVERHEAD
-            + entry.meta.client.as_deref().map_or(0, str::len) as u64
-            + entry.meta.agent.as_deref().map_or(0, str::len) as u64
+        entry.weight()
     }
 }
 
@@ -54,8 +81,11 @@ impl Cache {
         Cache(Some(QuickCache::with_weighter(items, bytes, ByBytes)))
     }
 
-    pub fn enabled(&self) -> bool {
-        self.0.is_some()
+    /// Whether a session with this much data would be kept.
+    pub fn admits(&self, data_bytes: usize) -> bool {
+        self.0.as_ref().is_some_and(|cache| {
+            data_bytes as u64 + ENTRY_OVERHEAD <= cache.capacity() / LARGEST_SHARE
+        })
     }
 
     pub fn get(&self, id: &Id) -> Option<Cached> {
@@ -64,8 +94,11 @@ impl Cache {
 
     /// Writer thread only: `entry` is the committed state of `id`.
     pub fn put(&self, id: Id, entry: Cached) {
-        if let Some(cache) = &self.0 {
+        let Some(cache) = &self.0 else { return };
+        if entry.weight() <= cache.capacity() / LARGEST_SHARE {
             cache.insert(id, entry);
+        } else {
+            cache.remove(&id);
         }
     }
 
@@ -76,21 +109,19 @@ impl Cache {
         }
     }
 
+    /// Whether `id` is cached; unlike `get`, not counted as a use.
+    pub fn holds(&self, id: &Id) -> bool {
+        self.0.as_ref().is_some_and(|cache| cache.contains_key(id))
+    }
+
     /// Writer thread only: records a touch the writer committed.
     pub fn touched(&self, id: &Id, seen_ms: u64) {
-        if let Some(mut entry) = self.get(id)
+        let Some(cache) = &self.0 else { return };
+        if let Some(mut entry) = cache.peek(id)
             && entry.meta.last_seen_ms < seen_ms
         {
             entry.meta.last_seen_ms = seen_ms;
             self.put(*id, entry);
-        }
-    }
-
-    /// Writer thread only: after changes to sessions it cannot name one by
-    /// one (ending a user's sessions).
-    pub fn clear(&self) {
-        if let Some(cache) = &self.0 {
-            cache.clear();
         }
     }
 }
@@ -113,14 +144,14 @@ mod tests {
 
     #[test]
     fn holds_no_more_bytes_than_its_bound() {
-        let cache = Cache::new(64 * 1024);
-        let ids: Vec<Id> = (0..1000).map(|_| Id::random()).collect();
+        let cache = Cache::new(1 << 20);
+        let ids: Vec<Id> = (0..2000).map(|_| Id::random()).collect();
         for id in &ids {
             cache.put(*id, entry(1024, 1));
         }
-        let held = ids.iter().filter(|id| cache.get(id).is_some()).count();
-        // 64 KiB over about 1.3 KiB per entry.
-        assert!(held > 0 && held <= 50, "held {held} entries");
+        let held = ids.iter().filter(|id| cache.holds(id)).count() as u64;
+        let weight = entry(1024, 1).weight();
+        assert!(held > 0 && held * weight <= 1 << 20, "held {held} entries");
     }
 
     #[test]
@@ -128,8 +159,19 @@ mod tests {
         let cache = Cache::new(0);
         let id = Id::random();
         cache.put(id, entry(10, 1));
-        assert!(!cache.enabled());
+        assert!(!cache.admits(10));
         assert!(cache.get(&id).is_none());
+    }
+
+    #[test]
+    fn an_entry_too_heavy_to_keep_replaces_the_old_one_by_nothing() {
+        let cache = Cache::new(256 * 1024);
+        let id = Id::random();
+        cache.put(id, entry(10, 1));
+        assert!(cache.get(&id).is_some());
+        assert!(!cache.admits(2048));
+        cache.put(id, entry(2048, 2));
+        assert!(cache.get(&id).is_none(), "no stale entry left behind");
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub struct CacheEffect {
     /// An id that stopped being live (rotated, flushed, emptied).
     pub ended: Option<Id>,
     /// Other sessions of the user ended (Revoke-Others).
-    pub others_ended: bool,
+    pub others_ended: Vec<Id>,
 }
 
 impl Applied {
@@ -199,18 +199,14 @@ fn write(
     if stored {
         let data = next.unwrap_or_else(|| EMPTY.to_vec());
         put_live(tx, &session, &data, &meta, policy, now)?;
-        // Stored JSON is ASCII text; were it ever not, the cache skips it.
-        if let Ok(data) = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(data)) {
-            let meta = Meta {
-                last_seen_ms: now,
-                ..meta
-            };
-            let entry = Cached {
-                data,
-                issued_ms: session.issued_ms,
-                meta,
-            };
-            cache.stored = Some((session.id, entry));
+        let meta = Meta {
+            last_seen_ms: now,
+            ..meta
+        };
+        match Cached::new(data, session.issued_ms, meta) {
+            Some(entry) => cache.stored = Some((session.id, entry)),
+            // Never expected (stored JSON is ASCII); an old entry must not stay.
+            None => cache.ended = Some(session.id),
         }
     } else if renewed.is_none() {
         tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
@@ -227,9 +223,9 @@ fn write(
     if changes.revoke_others
         && let Some(user) = &user
     {
-        revoked = revoke_user(tx, user, Some(&session.id), policy)?;
+        cache.others_ended = revoke_user(tx, user, Some(&session.id), policy)?;
+        revoked = cache.others_ended.len();
         live_delta -= revoked as isize;
-        cache.others_ended = revoked > 0;
     }
     let outcome = Outcome::Applied {
         target: session,
@@ -296,18 +292,41 @@ fn put_dead(
 /// deadline (`?3`), bound to nobody, pointing nowhere.
 const END: &str = "data = NULL, user = NULL, successor = NULL, successor_issued = NULL, expires_ms = issued_ms + ?3";
 
-/// Turns the live sessions of `user` (but `keep`) into tombstones.
+/// Turns the live sessions of `user` (but `keep`) into tombstones;
+/// returns their ids (for the read cache).
 pub fn revoke_user(
     tx: &Connection,
     user: &UserId,
     keep: Option<&Id>,
     policy: &Policy,
-) -> rusqlite::Result<usize> {
+) -> rusqlite::Result<Vec<Id>> {
     let keep = keep.map(|id| id.as_bytes().to_vec()).unwrap_or_default();
-    tx.prepare_cached(&format!(
-        "UPDATE sessions SET {END} WHERE user = ?1 AND data IS NOT NULL AND id != ?2"
-    ))?
-    .execute(params![user.as_str(), keep, policy.absolute_ms as i64])
+    let mut stmt = tx.prepare_cached(&format!(
+        "UPDATE sessions SET {END} WHERE user = ?1 AND data IS NOT NULL AND id != ?2 RETURNING id"
+    ))?;
+    ids(stmt.query(params![user.as_str(), keep, policy.absolute_ms as i64])?)
+}
+
+/// Turns the live sessions past their deadline into tombstones; returns
+/// their ids (for the read cache).
+pub fn expire(tx: &Connection, now: u64, policy: &Policy) -> rusqlite::Result<Vec<Id>> {
+    let mut stmt = tx.prepare_cached(
+        "UPDATE sessions SET data = NULL, user = NULL, successor = NULL, successor_issued = NULL, expires_ms = issued_ms + ?2 \
+         WHERE data IS NOT NULL AND expires_ms <= ?1 RETURNING id",
+    )?;
+    ids(stmt.query(params![now as i64, policy.absolute_ms as i64])?)
+}
+
+/// The ids a `RETURNING id` statement gave back.
+fn ids(mut rows: rusqlite::Rows<'_>) -> rusqlite::Result<Vec<Id>> {
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        // Every id column holds 32 bytes; a row that does not is skipped.
+        if let Some(id) = id_from(row.get(0)?) {
+            out.push(id);
+        }
+    }
+    Ok(out)
 }
 
 /// Turns one live session of `user` into a tombstone.

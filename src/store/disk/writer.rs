@@ -112,6 +112,13 @@ type ApplyJob = (
     oneshot::Sender<Result<Outcome, ApplyError>>,
 );
 
+/// What one transaction committed: each job's result, and the touches
+/// that changed a live row.
+struct Committed {
+    applied: Vec<rows::Applied>,
+    touched: Vec<(Id, u64)>,
+}
+
 /// A change computed inside a transaction, answered after its commit.
 struct Pending {
     reply: oneshot::Sender<Result<Outcome, ApplyError>>,
@@ -182,12 +189,17 @@ impl State {
         let batch = self.transaction(&jobs, touches);
         drop(jobs);
         match batch {
-            Ok(mut results) => {
+            Ok(Committed {
+                applied: mut results,
+                touched,
+            }) => {
                 for applied in &mut results {
                     self.learn(std::mem::take(&mut applied.cache));
                 }
-                for (id, seen) in touches {
-                    self.cache.touched(id, *seen);
+                // Only touches the file took: a touch that arrives after
+                // the sweep ended its session must not revive the entry.
+                for (id, seen) in touched {
+                    self.cache.touched(&id, seen);
                 }
                 for ((.., reply), applied) in applies.into_iter().zip(results) {
                     self.answer(Pending {
@@ -201,8 +213,8 @@ impl State {
                 warn!(path = %self.path.display(), error = %e, changes = applies.len(), "disk store: batch commit failed; retrying each change alone");
                 for (target, changes, origin, reply) in applies {
                     let pending = match self.transaction(&[(target, &changes, &origin)], &[]) {
-                        Ok(mut results) => {
-                            let applied = results.pop().expect("one result per job");
+                        Ok(mut committed) => {
+                            let applied = committed.applied.pop().expect("one result per job");
                             self.learn(applied.cache);
                             Pending {
                                 reply,
@@ -230,15 +242,15 @@ impl State {
         if let Some((id, entry)) = effect.stored {
             self.cache.put(id, entry);
         }
-        if effect.others_ended {
-            self.cache.clear();
+        for id in &effect.others_ended {
+            self.cache.forget(id);
         }
     }
 
     /// Loads a live session into the read cache; a failure only costs the
     /// next read a trip to the file.
     fn warm(&self, id: &Id) {
-        if self.cache.get(id).is_some() {
+        if self.cache.holds(id) {
             return;
         }
         let row = match rows::read(&self.conn, id) {
@@ -250,12 +262,7 @@ impl State {
             }
         };
         let Some(data) = row.data else { return };
-        if let Ok(data) = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(data)) {
-            let entry = Cached {
-                data,
-                issued_ms: row.issued_ms,
-                meta: row.meta,
-            };
+        if let Some(entry) = Cached::new(data, row.issued_ms, row.meta) {
             self.cache.put(*id, entry);
         }
     }
@@ -277,7 +284,7 @@ impl State {
         &mut self,
         jobs: &[(Target, &Changes, &Origin)],
         touches: &[(Id, u64)],
-    ) -> rusqlite::Result<Vec<rows::Applied>> {
+    ) -> rusqlite::Result<Committed> {
         let policy = self.policy;
         let live = self.live.load(Ordering::Relaxed);
         let tx = self
@@ -292,37 +299,47 @@ impl State {
             delta += applied.live_delta;
             results.push(applied);
         }
+        let mut touched = Vec::with_capacity(touches.len());
         for (id, seen) in touches {
-            tx.prepare_cached(
+            let n = tx.prepare_cached(
                 "UPDATE sessions SET last_seen_ms = ?2, expires_ms = min(?2 + ?3, issued_ms + ?4) WHERE id = ?1 AND data IS NOT NULL AND last_seen_ms < ?2",
             )?
             .execute(params![id.as_bytes().as_slice(), *seen as i64, policy.idle_ms as i64, policy.absolute_ms as i64])?;
+            if n > 0 {
+                touched.push((*id, *seen));
+            }
         }
         tx.commit()?;
-        Ok(results)
+        Ok(Committed {
+            applied: results,
+            touched,
+        })
     }
 
     fn sweep(&mut self) -> Result<usize, Error> {
-        let result = (|| -> rusqlite::Result<usize> {
-            let now = now_ms() as i64;
+        let policy = self.policy;
+        let result = (|| -> rusqlite::Result<Vec<Id>> {
+            let now = now_ms();
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let expired = tx.execute(
-                "UPDATE sessions SET data = NULL, user = NULL, successor = NULL, successor_issued = NULL, expires_ms = issued_ms + ?2 \
-                 WHERE data IS NOT NULL AND expires_ms <= ?1",
-                params![now, self.policy.absolute_ms as i64],
-            )?;
+            let expired = rows::expire(&tx, now, &policy)?;
             tx.execute(
                 "DELETE FROM sessions WHERE data IS NULL AND expires_ms <= ?1",
-                params![now],
+                params![now as i64],
             )?;
             tx.commit()?;
-            // Give freed pages back to the file system: churn must not grow the file.
-            self.conn.execute_batch("PRAGMA incremental_vacuum")?;
             Ok(expired)
         })();
         let expired = result.map_err(|e| self.unavailable(e))?;
+        for id in &expired {
+            self.cache.forget(id);
+        }
+        // Give freed pages back to the file system: churn must not grow the file.
+        if let Err(e) = self.conn.execute_batch("PRAGMA incremental_vacuum") {
+            warn!(path = %self.path.display(), error = %e, "disk store: could not return freed pages");
+        }
+        let expired = expired.len();
         self.live.fetch_sub(
             expired.min(self.live.load(Ordering::Relaxed)),
             Ordering::Relaxed,
@@ -338,30 +355,99 @@ impl State {
         handle: Option<&str>,
     ) -> Result<usize, Error> {
         let policy = self.policy;
-        let result = (|| -> rusqlite::Result<usize> {
+        let result = (|| -> rusqlite::Result<Vec<Id>> {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let n = match handle {
+            let ended = match handle {
                 None => rows::revoke_user(&tx, user, keep, &policy)?,
                 Some(handle) => match rows::of_user(&tx, user)?
                     .into_iter()
                     .find(|(id, _)| id.handle() == handle)
                 {
-                    Some((id, _)) => rows::kill(&tx, &id, user, &policy)? as usize,
-                    None => 0,
+                    Some((id, _)) if rows::kill(&tx, &id, user, &policy)? => vec![id],
+                    _ => Vec::new(),
                 },
             };
             tx.commit()?;
-            Ok(n)
+            Ok(ended)
         })();
-        let n = result.map_err(|e| self.unavailable(e))?;
-        // The ended sessions are not named one by one: start the cache over.
-        if n > 0 {
-            self.cache.clear();
+        let ended = result.map_err(|e| self.unavailable(e))?;
+        for id in &ended {
+            self.cache.forget(id);
         }
+        let n = ended.len();
         self.live
             .fetch_sub(n.min(self.live.load(Ordering::Relaxed)), Ordering::Relaxed);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Durability;
+    use crate::session::{Edit, Key};
+    use crate::store::disk::{DiskOptions, schema};
+
+    fn state(dir: &std::path::Path, policy: Policy) -> State {
+        let options = DiskOptions {
+            path: dir.join("sessions.db"),
+            durability: Durability::Relaxed,
+            max_file_bytes: None,
+            cache_bytes: 1 << 20,
+        };
+        State {
+            conn: schema::open_checked(&options).unwrap(),
+            policy,
+            live: Arc::new(AtomicUsize::new(0)),
+            cache: Arc::new(Cache::new(options.cache_bytes)),
+            path: options.path,
+        }
+    }
+
+    /// A read just before the idle deadline queues a touch; if the sweep
+    /// ends the session first (both in one batch), the touch finds a
+    /// tombstone and must not make the cached entry live again.
+    #[test]
+    fn a_touch_behind_the_sweep_does_not_revive_the_cached_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy {
+            idle_ms: 50,
+            absolute_ms: 3_600_000,
+            max_bytes: 4096,
+            max_sessions: 100,
+        };
+        let mut state = state(dir.path(), policy);
+        let target = Target {
+            id: Id::random(),
+            issued_ms: now_ms(),
+        };
+        let changes = Changes {
+            edits: vec![Edit::Set(Key::parse("a").unwrap(), 1.into())],
+            ..Changes::default()
+        };
+        let (reply, _answer) = oneshot::channel();
+        state.commit_batch(vec![Job::Apply {
+            target,
+            changes,
+            origin: Origin::default(),
+            reply,
+        }]);
+        assert!(state.cache.holds(&target.id), "a write fills the cache");
+        std::thread::sleep(std::time::Duration::from_millis(80));
+        let (reply, _answer) = oneshot::channel();
+        state.commit_batch(vec![
+            Job::Touch {
+                id: target.id,
+                now: now_ms(),
+            },
+            Job::Sweep { reply },
+        ]);
+        let cached_live = state
+            .cache
+            .get(&target.id)
+            .is_some_and(|e| !policy.is_expired(e.issued_ms, e.meta.last_seen_ms, now_ms()));
+        assert!(!cached_live, "the file says ended, so must the cache");
     }
 }
