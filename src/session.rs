@@ -74,7 +74,8 @@ impl Id {
 }
 
 impl Id {
-    fn encode<'b>(&self, buf: &'b mut [u8; ID_TEXT_LEN]) -> &'b str {
+    /// The id's text (as in the cookie), written into `buf`: no `String`.
+    pub fn encode<'b>(&self, buf: &'b mut [u8; ID_TEXT_LEN]) -> &'b str {
         let n = URL_SAFE_NO_PAD
             .encode_slice(self.0, buf)
             .expect("32 bytes encode to 43 characters");
