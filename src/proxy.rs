@@ -625,7 +625,10 @@ fn take_operations(s: &Settings, headers: &mut HeaderMap, capture: Option<HeadCa
     if !headers.keys().any(|n| s.prefix.matches(n.as_str())) {
         return Ok(Default::default());
     }
-    match capture.as_ref().and_then(HeadCapture::lines) {
+    match capture
+        .as_ref()
+        .and_then(|c| c.lines(|n| s.prefix.matches(n)))
+    {
         Some(lines) => {
             let ordered = lines.iter().map(|(n, v)| (n.as_str(), v.as_slice()));
             let parsed = protocol::parse_operations(&s.prefix, ordered, s.max_operations);

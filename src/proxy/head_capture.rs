@@ -100,21 +100,25 @@ impl HeadCapture {
         f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// The header lines of the response head just read, in order. `None` if
-    /// the head was not captured (then the caller falls back to `HeaderMap`).
-    pub fn lines(&self) -> Option<Vec<(String, Vec<u8>)>> {
-        self.with(|c| c.complete.then(|| parse_lines(&c.buf)).flatten())
+    /// The header lines of the response head just read whose names `keep`
+    /// accepts, in order. `None` if the head was not captured (then the
+    /// caller falls back to `HeaderMap`).
+    pub fn lines(&self, keep: impl Fn(&str) -> bool) -> Option<Vec<(String, Vec<u8>)>> {
+        self.with(|c| c.complete.then(|| parse_lines(&c.buf, keep)).flatten())
     }
 }
 
-fn parse_lines(head: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+fn parse_lines(head: &[u8], keep: impl Fn(&str) -> bool) -> Option<Vec<(String, Vec<u8>)>> {
     let count = memchr::memmem::find_iter(head, b"\r\n").count();
     let mut headers = vec![httparse::EMPTY_HEADER; count];
     let mut rsp = httparse::Response::new(&mut headers);
     match rsp.parse(head) {
+        // Only the kept lines are copied: the others would cost two
+        // allocations each on every response that carries operations.
         Ok(httparse::Status::Complete(_)) => Some(
             rsp.headers
                 .iter()
+                .filter(|h| keep(h.name))
                 .map(|h| (h.name.to_ascii_lowercase(), h.value.trim_ascii().to_vec()))
                 .collect(),
         ),
@@ -245,7 +249,8 @@ mod tests {
             c.read(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Session-Set: a=1\r\n");
             c.read(b"x-session-delete: a\r\nX-Session-Set: a=2\r\n\r\nbody bytes");
         });
-        let lines = capture.lines().unwrap();
+        assert_only_kept_lines_return(&capture);
+        let lines = capture.lines(|_| true).unwrap();
         let names: Vec<_> = lines
             .iter()
             .map(|(n, v)| format!("{n}:{}", String::from_utf8_lossy(v)))
@@ -260,7 +265,7 @@ mod tests {
         );
         capture.with(|c| c.read(b"HTTP/1.1 200 OK\r\nX-Session-Set: body=1\r\n\r\n"));
         assert_eq!(
-            capture.lines().unwrap().len(),
+            capture.lines(|_| true).unwrap().len(),
             3,
             "body bytes are never taken for a head"
         );
@@ -268,6 +273,15 @@ mod tests {
             c.wrote();
             c.read(b"HTTP/1.1 204 No Content\r\n\r\n");
         });
-        assert!(capture.lines().unwrap().is_empty());
+        assert!(capture.lines(|_| true).unwrap().is_empty());
+    }
+
+    /// Only the lines the caller keeps are returned, still in order.
+    fn assert_only_kept_lines_return(capture: &HeadCapture) {
+        let kept = capture
+            .lines(|n| n.eq_ignore_ascii_case("x-session-set"))
+            .unwrap();
+        let values: Vec<&[u8]> = kept.iter().map(|(_, v)| v.as_slice()).collect();
+        assert_eq!(values, [b"a=1".as_slice(), b"a=2".as_slice()]);
     }
 }
