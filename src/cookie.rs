@@ -20,7 +20,7 @@ use http::header::{COOKIE, HeaderValue};
 use sha2::Sha256;
 
 use crate::config::CookieConfig;
-use crate::session::Id;
+use crate::session::{ID_TEXT_LEN, Id};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -83,17 +83,21 @@ impl Signer {
 
     /// The cookie value for `id` issued at `issued_ms`.
     pub fn sign(&self, id: &Id, issued_ms: u64) -> String {
-        let id_text = id.to_string();
-        let issued = issued_ms.to_string();
+        // Written into stack buffers, not through `format!`: this runs for
+        // every response that changes a session.
+        let mut id_buf = [0u8; ID_TEXT_LEN];
+        let id_text = id.encode(&mut id_buf);
+        let mut issued_buf = itoa::Buffer::new();
+        let issued = issued_buf.format(issued_ms);
         let tag = self
             .current
-            .mac_for(&id_text, &issued)
+            .mac_for(id_text, issued)
             .finalize()
             .into_bytes();
         let mut value = String::with_capacity(id_text.len() + issued.len() + MAC_TEXT_LEN + 2);
-        value.push_str(&id_text);
+        value.push_str(id_text);
         value.push('.');
-        value.push_str(&issued);
+        value.push_str(issued);
         value.push('.');
         URL_SAFE_NO_PAD.encode_string(tag, &mut value);
         value
