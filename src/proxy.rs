@@ -622,10 +622,15 @@ fn upstream_uri(s: &Settings, path: &str, query: Option<&str>) -> Result<Uri, Er
 /// Removes our headers from the response and parses the operations among
 /// them, in the order the upstream sent them when the raw head is known.
 fn take_operations(s: &Settings, headers: &mut HeaderMap, capture: Option<HeadCapture>) -> Parsed {
-    if !headers.keys().any(|n| s.prefix.matches(n.as_str())) {
+    let mut ours = headers.keys().filter(|n| s.prefix.matches(n.as_str()));
+    if ours.next().is_none() {
         return Ok(Default::default());
     }
+    // Under one name, HeaderMap keeps the lines in order: the raw head is
+    // parsed again only to order lines of different names.
+    let one_name = ours.next().is_none();
     match capture
+        .filter(|_| !one_name)
         .as_ref()
         .and_then(|c| c.lines(|n| s.prefix.matches(n)))
     {

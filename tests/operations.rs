@@ -118,6 +118,8 @@ fn delete_and_set_lines_apply_in_the_order_received_across_header_names() {
                 "X-Session-Set: a=1\r\nX-Session-Delete: a\r\nX-Session-Set: a=2\r\nX-Session-Set: b=1\r\n"
             }
             "/delete-set" => "X-Session-Delete: b\r\nX-Session-Set: b=3\r\nX-Session-Delete: b\r\n",
+            // One name in two spellings: the lines keep their order too.
+            "/set-set" => "X-Session-Set: c=1\r\nx-session-set: c=2\r\nX-SESSION-SET: c=3\r\n",
             _ => "",
         };
         format!("HTTP/1.1 200 OK\r\n{ops}Content-Length: 2\r\n\r\nok").into_bytes()
@@ -132,6 +134,9 @@ fn delete_and_set_lines_apply_in_the_order_received_across_header_names() {
     b.get("/delete-set");
     b.get("/");
     assert_eq!(up.last().session(), json!({"a": 2}));
+    b.get("/set-set");
+    b.get("/");
+    assert_eq!(up.last().session(), json!({"a": 2, "c": 3}));
 }
 
 #[test]
