@@ -317,8 +317,6 @@ impl RedisStore {
     }
 }
 
-/// A fresh id whose first two characters (the hash tag) are `old`'s: the
-/// first 12 bits are kept, the other 244 are new random bits.
 /// `<prefix>{<first two characters of the id>}<rest>:d` and `…:m`: the
 /// braces put both keys of a session in one cluster hash slot.
 fn session_keys(prefix: &str, id: &Id) -> (String, String) {
@@ -337,6 +335,8 @@ fn session_keys(prefix: &str, id: &Id) -> (String, String) {
     (data, marker)
 }
 
+/// A fresh id whose first two characters (the hash tag) are `old`'s: the
+/// first 12 bits are kept, the other 244 are new random bits.
 fn same_slot_id(old: &Id) -> Id {
     let mut bytes = *Id::random().as_bytes();
     let old = old.as_bytes();
