@@ -71,9 +71,7 @@ impl Id {
         let digest = Sha256::digest(self.0);
         digest[..bytes].iter().map(|b| format!("{b:02x}")).collect()
     }
-}
 
-impl Id {
     /// The id's text (as in the cookie), written into `buf`: no `String`.
     pub fn encode<'b>(&self, buf: &'b mut [u8; ID_TEXT_LEN]) -> &'b str {
         let n = URL_SAFE_NO_PAD
