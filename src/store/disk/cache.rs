@@ -14,6 +14,7 @@ use http::HeaderValue;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache as QuickCache;
 
+use super::rows::Row;
 use crate::session::Id;
 use crate::store::Meta;
 
@@ -37,7 +38,7 @@ pub struct Cached {
 
 impl Cached {
     /// `None` if `data` is not header text (stored JSON always is).
-    pub fn new(mut data: Vec<u8>, issued_ms: u64, meta: Meta) -> Option<Cached> {
+    fn new(mut data: Vec<u8>, issued_ms: u64, meta: Meta) -> Option<Cached> {
         // The encoder grows its buffer by doubling: without this an entry
         // could hold twice the bytes it is weighed at.
         data.shrink_to_fit();
@@ -93,12 +94,28 @@ impl Cache {
     }
 
     /// Writer thread only: `entry` is the committed state of `id`.
-    pub fn put(&self, id: Id, entry: Cached) {
+    fn put(&self, id: Id, entry: Cached) {
         let Some(cache) = &self.0 else { return };
         if entry.weight() <= cache.capacity() / LARGEST_SHARE {
             cache.insert(id, entry);
         } else {
             cache.remove(&id);
+        }
+    }
+
+    /// Writer thread only: `row` is the committed state of `id`. Nothing
+    /// is converted while the cache is off; a row that is not live, or
+    /// (never expected) not header text, leaves no entry behind.
+    pub fn put_row(&self, id: Id, row: Row) {
+        if self.0.is_none() {
+            return;
+        }
+        match row
+            .data
+            .and_then(|data| Cached::new(data, row.issued_ms, row.meta))
+        {
+            Some(entry) => self.put(id, entry),
+            None => self.forget(&id),
         }
     }
 

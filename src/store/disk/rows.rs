@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::cache::Cached;
 use crate::session::{Changes, EMPTY, Id, Policy, UserId, next_data};
 use crate::store::{ApplyError, Error, Meta, Origin, Outcome, Target};
 
@@ -96,7 +95,7 @@ pub struct Applied {
 #[derive(Default)]
 pub struct CacheEffect {
     /// The session as now stored.
-    pub stored: Option<(Id, Cached)>,
+    pub stored: Option<(Id, Row)>,
     /// An id that stopped being live (rotated, flushed, emptied).
     pub ended: Option<Id>,
     /// Other sessions of the user ended (Revoke-Others).
@@ -199,15 +198,17 @@ fn write(
     if stored {
         let data = next.unwrap_or_else(|| EMPTY.to_vec());
         put_live(tx, &session, &data, &meta, policy, now)?;
-        let meta = Meta {
+        let row = Row {
+            data: Some(data),
+            issued_ms: session.issued_ms,
             last_seen_ms: now,
-            ..meta
+            successor: None,
+            meta: Meta {
+                last_seen_ms: now,
+                ..meta
+            },
         };
-        match Cached::new(data, session.issued_ms, meta) {
-            Some(entry) => cache.stored = Some((session.id, entry)),
-            // Never expected (stored JSON is ASCII); an old entry must not stay.
-            None => cache.ended = Some(session.id),
-        }
+        cache.stored = Some((session.id, row));
     } else if renewed.is_none() {
         tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
             .execute(params![target.id.as_bytes().as_slice()])?;

@@ -15,7 +15,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use super::cache::{Cache, Cached};
+use super::cache::Cache;
 use super::rows::{self, CacheEffect};
 use crate::session::{Changes, Id, Policy, UserId, now_ms};
 use crate::store::{ApplyError, Error, Origin, Outcome, Target};
@@ -239,8 +239,8 @@ impl State {
         if let Some(id) = effect.ended {
             self.cache.forget(&id);
         }
-        if let Some((id, entry)) = effect.stored {
-            self.cache.put(id, entry);
+        if let Some((id, row)) = effect.stored {
+            self.cache.put_row(id, row);
         }
         for id in &effect.others_ended {
             self.cache.forget(id);
@@ -253,17 +253,12 @@ impl State {
         if self.cache.holds(id) {
             return;
         }
-        let row = match rows::read(&self.conn, id) {
-            Ok(Some(row)) => row,
-            Ok(None) => return,
+        match rows::read(&self.conn, id) {
+            Ok(Some(row)) => self.cache.put_row(*id, row),
+            Ok(None) => {}
             Err(e) => {
                 warn!(path = %self.path.display(), error = %e, "disk store: could not load a session into the read cache");
-                return;
             }
-        };
-        let Some(data) = row.data else { return };
-        if let Some(entry) = Cached::new(data, row.issued_ms, row.meta) {
-            self.cache.put(*id, entry);
         }
     }
 
