@@ -60,7 +60,12 @@ pub fn set(
     }
     let kept = trusted_peer && any_present;
     let xff = match kept.then(|| chain(headers)).flatten() {
-        Some(chain) => HeaderValue::try_from(format!("{chain}, {}", peer.ip)).ok(),
+        Some(mut chain) => {
+            // The peer's text was rendered once, for the connection.
+            chain.push_str(", ");
+            chain.push_str(peer.text.to_str().expect("an IP address is ASCII"));
+            HeaderValue::try_from(chain).ok()
+        }
         None => Some(peer.text.clone()),
     };
     if let Some(v) = xff {
