@@ -60,7 +60,8 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// Signs the injected headers (`X-Session-Signature`) when set.
     pub signing_key: Option<crate::signature::SigningKey>,
-    /// Most upstream connections paired with browser connections (0: none).
+    /// Most upstream connections lent to browser connections, in use plus
+    /// idle (0: none; see `proxy::paired`).
     pub paired_connections: usize,
 }
 

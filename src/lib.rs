@@ -6,8 +6,8 @@
 //! 2. [`proxy`] reads the session cookie ([`cookie`]: verify the HMAC), asks
 //!    the [`store`] for the session, strips every inbound header of ours and
 //!    injects the session ([`protocol`]), and forwards the request upstream
-//!    (on the browser connection's own upstream connection once it is kept
-//!    alive, see `proxy::paired`; otherwise on a shared pool).
+//!    (HTTP/1.1 on an upstream connection lent for the exchange, see
+//!    `proxy::paired`; otherwise on a shared pool).
 //! 3. On the way back, [`protocol`] parses the upstream's operations,
 //!    [`session`] defines what they do, the [`store`] applies them
 //!    atomically, and [`proxy`] sets the cookie and cache headers before the
@@ -20,8 +20,8 @@
 //! - *operation*: an upstream response header that changes the session
 //!   (`X-Session-Set`, `-Delete`, `-Rotate`, `-Flush`).
 //! - *dead* id: expired, rotated away or flushed; never accepted again.
-//! - *paired* connection: an upstream connection that belongs to one
-//!   browser connection.
+//! - *paired* connection: an upstream connection lent to one browser
+//!   connection for one exchange, driven by that connection's task.
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -3,8 +3,9 @@
 //! Phases, each a small function below:
 //! 1. [`Proxy::resolve`] finds the browser's session (or starts one);
 //! 2. [`Proxy::upstream_request`] strips what must not pass, injects the session;
-//! 3. [`Proxy::send`] forwards it, with a deadline, on the browser
-//!    connection's own upstream connection ([`paired`]) or the pooled client;
+//! 3. [`Proxy::send`] forwards it, with a deadline, on an upstream
+//!    connection lent to the browser connection ([`paired`]) or the pooled
+//!    client;
 //! 4. [`Proxy::respond`] takes the upstream's operations, stores them
 //!    before the response head leaves, and sets the cookie and cache headers.
 //!
@@ -61,7 +62,7 @@ pub struct Downstream {
     pub activity: Activity,
     /// The peer as the forwarding headers name it.
     forwarded_peer: forwarded::Peer,
-    /// The upstream connection of this browser connection (HTTP/1).
+    /// The upstream connection this browser connection has borrowed (HTTP/1).
     paired: Paired,
 }
 
@@ -156,7 +157,8 @@ impl<S: Store> Proxy<S> {
                     .to_owned(),
             );
         }
-        self.settings.store(Arc::new(Settings::new(config)));
+        let old = self.settings.swap(Arc::new(Settings::new(config)));
+        old.lender.retire();
         Ok(())
     }
 
@@ -207,8 +209,7 @@ impl<S: Store> Proxy<S> {
             return Err(Error::BodyTooLarge(max));
         }
         let websocket = upgrade::wants_websocket(req.headers());
-        let paired = (pairable(&req, websocket) && down.paired.claim(&s.paired_budget))
-            .then_some(&down.paired);
+        let borrow = pairable(&req, websocket);
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let path = path::normalize(parts.uri.path())
@@ -229,18 +230,18 @@ impl<S: Store> Proxy<S> {
             max: s.server.max_body_bytes,
         };
         let mut req = Request::from_parts(parts, Filtered::new(body, s.prefix.clone(), limits));
+        // Claimed right before sending, with nothing in between that could
+        // fail or wait: a claimed connection is only given back by `send`.
+        let paired = (borrow && down.paired.claim(&s.lender)).then_some(&down.paired);
         let pooled = paired.is_none().then(|| capture_connection(&mut req));
         let mut rsp = self.send(s, req, paired).await?;
         if let Err(refused) = framing::check_response(rsp.headers()) {
-            // The bytes after such a response cannot be trusted: never reuse it.
-            match (paired, pooled) {
-                (Some(paired), _) => paired.discard(),
-                (None, Some(pooled)) => {
-                    if let Some(connected) = pooled.connection_metadata().as_ref() {
-                        connected.poison();
-                    }
-                }
-                (None, None) => {}
+            // The bytes after such a response cannot be trusted: never reuse
+            // it (`Paired::send` has closed a borrowed one already).
+            if let Some(pooled) = &pooled
+                && let Some(connected) = pooled.connection_metadata().as_ref()
+            {
+                connected.poison();
             }
             return Err(Error::UpstreamFraming(refused));
         }
@@ -356,8 +357,8 @@ impl<S: Store> Proxy<S> {
         Ok(())
     }
 
-    /// Sends on the browser connection's paired upstream connection if
-    /// given, else on the pooled client.
+    /// Sends on the upstream connection the browser connection borrowed,
+    /// if given, else on the pooled client.
     async fn send(
         &self,
         s: &Settings,
@@ -582,11 +583,11 @@ fn origin(s: &Settings, headers: &HeaderMap, down: &Downstream) -> Origin {
     }
 }
 
-/// Whether a request may use its browser connection's paired upstream
-/// connection: HTTP/1 (HTTP/2 streams run side by side), no upgrade (it
-/// takes the connection over), and a connection the browser keeps open.
+/// Whether a request may borrow an upstream connection for its browser
+/// connection's task to drive (see [`paired`]): HTTP/1.1 (HTTP/2 streams
+/// run side by side) and no upgrade (it takes the connection over).
 fn pairable(req: &Request<Incoming>, websocket: bool) -> bool {
-    req.version() == Version::HTTP_11 && !websocket && !hop::connection_has(req.headers(), "close")
+    req.version() == Version::HTTP_11 && !websocket
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

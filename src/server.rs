@@ -67,7 +67,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, StoreConfig};
-use crate::proxy::paired::Driven;
+use crate::proxy::paired::{Driven, IDLE_RELEASE};
 use crate::proxy::{BoxError, Downstream, Proxy, ResponseBody};
 use crate::session::Policy;
 use crate::store::Store;
@@ -193,6 +193,7 @@ async fn serve_with<S: Store>(
     let background = [
         tokio::spawn(sweep(proxy.clone(), sweep_every)),
         tokio::spawn(reload_on_sighup(proxy.clone(), source)),
+        tokio::spawn(release_idle_upstreams(proxy.clone())),
     ];
     let admin = listeners
         .admin
@@ -362,6 +363,15 @@ impl Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// Closes upstream connections left idle (see [`IDLE_RELEASE`]).
+async fn release_idle_upstreams<S: Store>(proxy: Arc<Proxy<S>>) {
+    let mut every = tokio::time::interval(IDLE_RELEASE / 2);
+    loop {
+        every.tick().await;
+        proxy.settings().lender.release_idle();
     }
 }
 

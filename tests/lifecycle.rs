@@ -130,16 +130,7 @@ fn sighup_reloads_the_config_without_dropping_connections_and_refuses_bad_files(
         text.replace("name = \"first\"", "name = \"second\""),
     )
     .unwrap();
-    let hup = |proxy: &Proxy| {
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-HUP", &proxy.pid().to_string()])
-                .status()
-                .unwrap()
-                .success()
-        )
-    };
-    hup(&proxy);
+    proxy.signal("HUP");
     proxy.wait_for_log(&["config reloaded"]);
     // The connection opened before the reload still serves, with the new settings.
     let reply = conn.exchange("GET", &request("GET", "/", &[], b""));
@@ -147,7 +138,7 @@ fn sighup_reloads_the_config_without_dropping_connections_and_refuses_bad_files(
 
     // A broken file is refused with a log line; the running config stays.
     std::fs::write(&proxy.config_path, "this is [not toml").unwrap();
-    hup(&proxy);
+    proxy.signal("HUP");
     proxy.wait_for_log(&["WARN", "reload refused", "not valid TOML"]);
     let reply = conn.exchange("GET", &request("GET", "/", &[], b""));
     assert!(sets_cookie(&reply, "second"), "{:?}", reply.headers);
@@ -157,7 +148,7 @@ fn sighup_reloads_the_config_without_dropping_connections_and_refuses_bad_files(
         .replace("name = \"first\"", "name = \"third\"")
         .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"");
     std::fs::write(&proxy.config_path, with_listen).unwrap();
-    hup(&proxy);
+    proxy.signal("HUP");
     proxy.wait_for_log(&["WARN", "reload refused", "restart"]);
     let reply = conn.exchange("GET", &request("GET", "/", &[], b""));
     assert!(sets_cookie(&reply, "second"), "{:?}", reply.headers);
@@ -248,4 +239,35 @@ fn the_compose_example_sets_only_real_config_keys() {
         &env,
     );
     assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_reload_to_another_upstream_moves_kept_alive_browser_connections_there() {
+    let (first, second) = (Upstream::ok(), Upstream::ok());
+    let proxy = Proxy::start(&config(first.addr, ""));
+    let mut conn = Conn::open(proxy.addr);
+    for _ in 0..2 {
+        assert_eq!(
+            conn.exchange("GET", &request("GET", "/", &[], b"")).status,
+            200
+        );
+    }
+    assert_eq!(first.count(), 2);
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    std::fs::write(
+        &proxy.config_path,
+        text.replace(&first.addr.to_string(), &second.addr.to_string()),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    proxy.wait_for_log(&["config reloaded"]);
+    // The upstream connection this browser connection last borrowed (and
+    // the first upstream's idle ones) belong to the old settings.
+    for _ in 0..2 {
+        assert_eq!(
+            conn.exchange("GET", &request("GET", "/", &[], b"")).status,
+            200
+        );
+    }
+    assert_eq!((first.count(), second.count()), (2, 2));
 }

@@ -174,44 +174,47 @@ fn upstream_connections(up: &Upstream) -> usize {
 }
 
 #[test]
-fn a_kept_alive_browser_connection_keeps_one_upstream_connection_and_drops_a_broken_one() {
+fn browser_connections_take_turns_on_one_upstream_connection_and_a_broken_one_is_dropped() {
     let up = counting_upstream();
     let proxy = Proxy::start(&config(up.addr, ""));
-    let mut conn = Conn::open(proxy.addr);
-    // The first request goes through the pool; the reused connection gets
-    // one upstream connection of its own for every later request.
-    for _ in 0..5 {
-        assert_eq!(get_on(&mut conn, "/"), 200);
-    }
-    assert_eq!(upstream_connections(&up), 2);
-    // A refused response's connection is never reused.
-    assert_eq!(get_on(&mut conn, "/both"), 502);
-    assert_eq!(get_on(&mut conn, "/"), 200);
-    assert_eq!(upstream_connections(&up), 3);
-    // One the upstream closes is replaced on the next request.
-    assert_eq!(get_on(&mut conn, "/last"), 200);
+    let mut a = Conn::open(proxy.addr);
+    let mut b = Conn::open(proxy.addr);
+    // One request at a time: every browser connection borrows the same
+    // idle upstream connection, one exchange at a time.
     for _ in 0..3 {
-        assert_eq!(get_on(&mut conn, "/"), 200);
+        assert_eq!(get_on(&mut a, "/"), 200);
+        assert_eq!(get_on(&mut b, "/"), 200);
     }
-    assert_eq!(upstream_connections(&up), 4);
+    assert_eq!(upstream_connections(&up), 1);
+    // A refused response's connection is never lent again.
+    assert_eq!(get_on(&mut a, "/both"), 502);
+    assert_eq!(get_on(&mut b, "/"), 200);
+    assert_eq!(upstream_connections(&up), 2);
+    // One the upstream closes is replaced on the next request.
+    assert_eq!(get_on(&mut b, "/last"), 200);
+    for _ in 0..3 {
+        assert_eq!(get_on(&mut a, "/"), 200);
+        assert_eq!(get_on(&mut b, "/"), 200);
+    }
+    assert_eq!(upstream_connections(&up), 3);
 }
 
 #[test]
-fn an_idle_browser_connection_gives_its_upstream_connection_back() {
+fn an_idle_upstream_connection_is_closed() {
     let up = counting_upstream();
     let proxy = Proxy::start(&config(up.addr, ""));
     let mut conn = Conn::open(proxy.addr);
     for _ in 0..3 {
         assert_eq!(get_on(&mut conn, "/"), 200);
     }
-    assert_eq!(upstream_connections(&up), 2, "one pooled, one paired");
-    // Two idle checks (2 s apart) with no request between them close it.
-    std::thread::sleep(std::time::Duration::from_millis(5_000));
+    assert_eq!(upstream_connections(&up), 1);
+    // Idle for IDLE_RELEASE (2 s), checked every second: closed by 3 s.
+    std::thread::sleep(std::time::Duration::from_millis(4_000));
     assert_eq!(get_on(&mut conn, "/"), 200);
     assert_eq!(
         upstream_connections(&up),
-        3,
-        "the kept-alive browser got a fresh paired connection"
+        2,
+        "the next request needed a fresh upstream connection"
     );
 }
 

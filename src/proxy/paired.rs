@@ -1,128 +1,259 @@
-//! An upstream connection paired with one browser connection.
+//! Upstream connections lent to browser connections, one exchange at a time.
 //!
 //! hyper-util's pooled client hands every request to a shared pool (a
 //! locked map keyed by origin, hashed on every checkout and return) and
 //! runs each upstream connection as a task of its own, so a request
 //! crosses tasks twice. A browser's HTTP/1 connection sends one request at
-//! a time, so it keeps one upstream connection for itself, driven from its
-//! own task by [`Driven`]: no pool, no task hop. What cannot use it (HTTP/2
-//! streams, which run side by side; WebSocket upgrades, which take the
-//! connection over) goes through the pooled client.
+//! a time, so for each exchange it borrows an idle upstream connection
+//! from a [`Lender`] and drives it from its own task with [`Driven`]: no
+//! keyed lookup, no task hop. Once the response has been read to its end
+//! the connection goes back to the lender's stack. What cannot borrow
+//! (HTTP/2 streams, which run side by side; WebSocket upgrades, which take
+//! the connection over; requests beyond the budget) goes through the pooled
+//! client.
 //!
-//! So that idle browsers do not pin upstream connections (a small legacy
-//! app may serve few at once), a connection is paired only once the
-//! browser has reused it (its second request, without `Connection:
-//! close`), a paired connection is closed after [`IDLE_RELEASE`] unused,
-//! and at most `upstream.paired_connections` are paired at a time; the
-//! rest use the pool, as every request did before.
+//! The stack is last in, first out: at a modest request rate a few
+//! connections serve every browser and stay warm in the CPU caches, the
+//! way nginx's upstream keep-alive does, where one connection per browser
+//! connection (this module's first design) spread the same load over as
+//! many upstream sockets as browsers. At most `upstream.paired_connections`
+//! are open at a time (lent plus idle), and one idle for [`IDLE_RELEASE`]
+//! is closed, so a small legacy app is not held to workers nobody uses.
 //!
 //! hyper has no ready-made client for this (its `conn` API is the part
 //! that is left to the caller), hence this module.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use http::uri::Authority;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower_service::Service;
 use tracing::debug;
 
 use super::Error;
 use super::body::RequestBody;
+use super::framing;
 use super::head_capture::{CapturingStream, HeadCapture};
 use super::settings::Settings;
 
 type Conn = Connection<TokioIo<CapturingStream>, RequestBody>;
 
-/// The open upstream connection.
+/// An idle upstream connection is closed once it has waited this long
+/// (checked every half of it, so it closes within 1.5 times this): a
+/// small app's workers must not stay held by connections nobody uses.
+pub const IDLE_RELEASE: Duration = Duration::from_secs(2);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An open upstream connection.
 struct Open {
-    /// The upstream it goes to: a reload may point the proxy elsewhere.
-    origin: Authority,
     /// `None` while a request is in flight on it.
     sender: Option<SendRequest<RequestBody>>,
     conn: Pin<Box<Conn>>,
     capture: HeadCapture,
 }
 
-/// A paired connection unused for this long (two checks in a row with no
-/// request between them) is closed and its share given back: a browser
-/// sends its requests in bursts, and an idle one must not hold an upstream
-/// worker of a small app.
-pub const IDLE_RELEASE: Duration = Duration::from_secs(2);
+impl Open {
+    /// No request in flight and the last response read to its end.
+    fn is_idle(&self) -> bool {
+        self.sender.as_ref().is_some_and(SendRequest::is_ready)
+    }
 
-#[derive(Default)]
-struct Slot {
-    /// Requests the browser connection has sent that could be paired.
-    seen: u32,
-    /// A request came since the last idle check.
-    active: bool,
-    /// A share of `upstream.paired_connections`, held while paired.
-    permit: Option<OwnedSemaphorePermit>,
+    /// Lets the connection see what happened while nobody drove it (the
+    /// upstream closing it, say); false once it has ended.
+    fn still_open(&mut self) -> bool {
+        // A no-op waker is enough: the borrowing task polls it again, with
+        // its own waker, before it waits on anything (see `Driven`).
+        let mut cx = Context::from_waker(Waker::noop());
+        self.conn.as_mut().poll(&mut cx).is_pending()
+    }
+}
+
+/// An idle connection waiting on the lender's stack.
+struct Parked {
+    permit: OwnedSemaphorePermit,
+    open: Open,
+    since: Instant,
+}
+
+/// The connections not lent to anyone, and the budget of them all. One per
+/// settings version: a reload retires the old one, whose connections close
+/// as they come back.
+pub struct Lender {
+    budget: Arc<Semaphore>,
+    /// Oldest first; lent from the end.
+    idle: Mutex<Vec<Parked>>,
+    retired: AtomicBool,
+}
+
+impl Lender {
+    pub fn new(max_connections: usize) -> Lender {
+        Lender {
+            budget: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
+            idle: Mutex::new(Vec::new()),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    /// The most recently used idle connection that is still open, or a
+    /// share of the budget for a new one.
+    fn lend(self: &Arc<Self>) -> Option<Borrowed> {
+        loop {
+            let Some(mut parked) = lock(&self.idle).pop() else {
+                let permit = self.budget.clone().try_acquire_owned().ok()?;
+                return Some(Borrowed {
+                    lender: self.clone(),
+                    permit,
+                    open: None,
+                });
+            };
+            if parked.open.still_open() {
+                return Some(Borrowed {
+                    lender: self.clone(),
+                    permit: parked.permit,
+                    open: Some(parked.open),
+                });
+            }
+        }
+    }
+
+    fn take_back(&self, permit: OwnedSemaphorePermit, open: Open) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
+        lock(&self.idle).push(Parked {
+            permit,
+            open,
+            since: Instant::now(),
+        });
+    }
+
+    /// Closes the connections idle for [`IDLE_RELEASE`] or longer.
+    pub fn release_idle(&self) {
+        let now = Instant::now();
+        let stale: Vec<Parked> = {
+            let mut idle = lock(&self.idle);
+            let n = idle.partition_point(|p| now.duration_since(p.since) >= IDLE_RELEASE);
+            idle.drain(..n).collect()
+        };
+        // Closed outside the lock.
+        drop(stale);
+    }
+
+    /// Replaced by a reload: closes the idle connections now, the lent ones
+    /// when they come back.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        let idle = std::mem::take(&mut *lock(&self.idle));
+        drop(idle);
+    }
+}
+
+/// What a browser connection has borrowed: a share of the budget, and the
+/// connection once it is open (`None` before, or after it ended).
+struct Borrowed {
+    lender: Arc<Lender>,
+    permit: OwnedSemaphorePermit,
     open: Option<Open>,
 }
 
-/// The browser connection's upstream connection, if open.
+impl Borrowed {
+    /// Gives the connection back if it is idle; false if it is busy. One
+    /// that ended only gives its share back.
+    fn give_back(self) -> Result<(), Borrowed> {
+        match self.open {
+            Some(open) if open.is_idle() => {
+                self.lender.take_back(self.permit, open);
+                Ok(())
+            }
+            None => Ok(()),
+            Some(_) => Err(self),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    borrowed: Option<Borrowed>,
+    /// A request is between its claim and its accepted response head.
+    reserved: bool,
+}
+
+impl Slot {
+    /// Gives an idle borrowed connection back; false if one is busy.
+    fn give_back_if_idle(&mut self) -> bool {
+        match self.borrowed.take().map(Borrowed::give_back) {
+            Some(Err(busy)) => {
+                self.borrowed = Some(busy);
+                false
+            }
+            _ => true,
+        }
+    }
+}
+
+/// The upstream connection a browser connection has borrowed, if any.
 #[derive(Clone, Default)]
 pub struct Paired(Arc<Mutex<Slot>>);
 
 impl Paired {
     fn with<R>(&self, f: impl FnOnce(&mut Slot) -> R) -> R {
-        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&mut lock(&self.0))
     }
 
-    /// Whether this request goes through the paired connection: the
-    /// browser has reused its connection, a share of the budget is held (or
-    /// free), and no request is in flight on it.
-    pub fn claim(&self, budget: &Arc<Semaphore>) -> bool {
+    /// Whether this request goes through a borrowed connection: the one
+    /// still held from the last exchange, an idle one, or a new one within
+    /// the budget.
+    pub fn claim(&self, lender: &Arc<Lender>) -> bool {
         self.with(|slot| {
-            slot.seen = slot.seen.saturating_add(1);
-            slot.active = true;
-            if slot.seen < 2 {
+            if slot.reserved {
                 return false;
             }
-            if slot
-                .permit
+            let held = slot
+                .borrowed
                 .as_ref()
-                .is_some_and(|p| !Arc::ptr_eq(p.semaphore(), budget))
-            {
-                // A reload made a new budget: the old share no longer counts.
-                slot.close();
+                .is_some_and(|b| Arc::ptr_eq(&b.lender, lender));
+            if !held {
+                // A connection of an older settings version still reading
+                // its response: the pool takes this request.
+                if !slot.give_back_if_idle() {
+                    return false;
+                }
+                slot.borrowed = lender.lend();
             }
-            if let Some(open) = &slot.open {
-                return open.sender.is_some();
-            }
-            if slot.permit.is_none() {
-                slot.permit = budget.clone().try_acquire_owned().ok();
-            }
-            slot.permit.is_some()
+            slot.reserved = slot.borrowed.is_some();
+            slot.reserved
         })
     }
 
-    /// Sends `req` (only after [`claim`](Self::claim) said yes),
-    /// opening the connection first when there is none, or it closed, or
-    /// it goes to another upstream since a reload.
+    /// Sends `req` (only after [`claim`](Self::claim) said yes), opening a
+    /// connection first when none was lent, or the lent one closed.
     pub async fn send(
         &self,
         s: &Settings,
         mut req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, Error> {
-        // Until the response head is here, a failure (or a timeout dropping
-        // this future) leaves the connection in an unknown state: close it.
+        // Until the response head is here and its framing accepted, a
+        // failure (or a timeout dropping this future) leaves the connection
+        // in an unknown state: close it.
         let mut guard = InFlight {
             paired: self,
             done: false,
         };
         *req.uri_mut() = origin_form(req.uri());
-        let (mut sender, mut capture) = match self.take(&s.upstream.authority) {
-            Some(idle) => idle,
+        let (mut sender, mut capture) = match self.take() {
+            Some(lent) => lent,
             None => self.open(s).await?,
         };
         if sender.ready().await.is_err() {
@@ -144,61 +275,51 @@ impl Paired {
                 None => return Err(Error::from_exchange(e.into_error().into())),
             },
         };
-        guard.done = true;
-        self.put_back(sender);
+        // The bytes after a response whose framing the proxy refuses
+        // cannot be trusted: such a connection is closed here, before any
+        // browser connection could borrow it.
+        if framing::check_response(rsp.headers()).is_ok() {
+            guard.done = true;
+            self.put_back(sender);
+        }
         rsp.extensions_mut().insert(capture);
         Ok(rsp)
     }
 
-    /// Closes the connection if no request came since the last check and
-    /// none is under way; says whether a connection is still open.
-    fn release_if_idle(&self) -> bool {
-        self.with(|slot| {
-            let active = std::mem::take(&mut slot.active);
-            let Some(open) = &slot.open else {
-                return false;
-            };
-            // Ready: no request in flight and its response body fully read.
-            let idle = open.sender.as_ref().is_some_and(SendRequest::is_ready);
-            if !active && idle {
-                slot.close();
-            }
-            slot.open.is_some()
-        })
-    }
-
     /// Never reuse the connection (its response could not be trusted).
-    pub fn discard(&self) {
-        self.with(Slot::close);
+    fn discard(&self) {
+        self.with(|slot| *slot = Slot::default());
     }
 
-    fn take(&self, origin: &Authority) -> Option<(SendRequest<RequestBody>, HeadCapture)> {
+    fn take(&self) -> Option<(SendRequest<RequestBody>, HeadCapture)> {
         self.with(|slot| {
-            let open = slot.open.as_mut()?;
-            if open.origin != *origin {
-                slot.open = None;
-                return None;
-            }
-            let sender = open.sender.take()?;
-            Some((sender, open.capture.clone()))
+            let open = slot.borrowed.as_mut()?.open.as_mut()?;
+            Some((open.sender.take()?, open.capture.clone()))
         })
     }
 
+    /// The response head is accepted: the connection reads the body, then
+    /// goes back to the lender once idle.
     fn put_back(&self, sender: SendRequest<RequestBody>) {
         self.with(|slot| {
-            if let Some(open) = slot.open.as_mut() {
+            if let Some(open) = slot.borrowed.as_mut().and_then(|b| b.open.as_mut()) {
                 open.sender = Some(sender);
             }
+            slot.reserved = false;
         });
     }
 
-    /// Connects, and waits until the new connection takes a request.
+    /// Connects, and waits until the new connection takes a request. It
+    /// replaces the borrowed one, if any, under the same share.
     async fn open(&self, s: &Settings) -> Result<(SendRequest<RequestBody>, HeadCapture), Error> {
-        self.with(|slot| slot.open = None);
-        let origin = s.upstream.authority.clone();
+        self.with(|slot| {
+            if let Some(borrowed) = slot.borrowed.as_mut() {
+                borrowed.open = None;
+            }
+        });
         let target = Uri::builder()
             .scheme(s.upstream.scheme.clone())
-            .authority(origin.clone())
+            .authority(s.upstream.authority.clone())
             .path_and_query("/")
             .build()
             .expect("built from a validated upstream URL");
@@ -209,21 +330,26 @@ impl Paired {
             .map_err(connect_error)?;
         let io = connector.call(target).await.map_err(connect_error)?;
         let capture = io.inner().capture().clone();
-        let (sender, conn) = Builder::new()
+        let (mut sender, conn) = Builder::new()
             .max_headers(s.upstream_head_lines)
             .max_buf_size(super::settings::UPSTREAM_HEAD_BYTES)
             .handshake(io)
             .await
             .map_err(|e| Error::Upstream(e.into()))?;
-        self.with(|slot| {
-            slot.open = Some(Open {
-                origin,
-                sender: None,
-                conn: Box::pin(conn),
-                capture: capture.clone(),
-            })
-        });
-        let mut sender = sender;
+        let open = Open {
+            sender: None,
+            conn: Box::pin(conn),
+            capture: capture.clone(),
+        };
+        self.with(|slot| match slot.borrowed.as_mut() {
+            Some(borrowed) => {
+                borrowed.open = Some(open);
+                Ok(())
+            }
+            None => Err(Error::Upstream(
+                "the borrowed upstream connection was discarded".into(),
+            )),
+        })?;
         sender
             .ready()
             .await
@@ -231,30 +357,25 @@ impl Paired {
         Ok((sender, capture))
     }
 
-    /// Lets the connection read and write; forgets it once it has ended.
-    /// Says whether one is open.
-    fn poll_connection(&self, cx: &mut Context<'_>) -> bool {
+    /// Lets the borrowed connection read and write, forgets it once it has
+    /// ended, and gives it back once it is idle (its share, if it ended).
+    fn drive(&self, cx: &mut Context<'_>) {
         self.with(|slot| {
-            let Some(open) = slot.open.as_mut() else {
-                return false;
+            let Some(borrowed) = slot.borrowed.as_mut() else {
+                return;
             };
-            if let Poll::Ready(ended) = open.conn.as_mut().poll(cx) {
+            if let Some(open) = borrowed.open.as_mut()
+                && let Poll::Ready(ended) = open.conn.as_mut().poll(cx)
+            {
                 if let Err(e) = ended {
                     debug!(error = %e, "upstream connection ended with an error");
                 }
-                // The share is kept: the browser is likely to send more.
-                slot.open = None;
+                borrowed.open = None;
             }
-            slot.open.is_some()
+            if !slot.reserved {
+                slot.give_back_if_idle();
+            }
         })
-    }
-}
-
-impl Slot {
-    /// Closes the connection and gives its share of the budget back.
-    fn close(&mut self) {
-        self.open = None;
-        self.permit = None;
     }
 }
 
@@ -279,14 +400,12 @@ fn origin_form(uri: &Uri) -> Uri {
         .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()))
 }
 
-/// A browser connection's future, which also drives its paired upstream
-/// connection: both make progress whenever the browser connection's task
-/// is polled, and either one's I/O wakes it.
+/// A browser connection's future, which also drives the upstream
+/// connection it has borrowed: both make progress whenever the browser
+/// connection's task is polled, and either one's I/O wakes it.
 pub struct Driven<F> {
     inner: Pin<Box<F>>,
     paired: Paired,
-    /// Armed while a paired connection is open (see [`IDLE_RELEASE`]).
-    idle_check: Option<Pin<Box<Sleep>>>,
 }
 
 impl<F: Future> Driven<F> {
@@ -294,31 +413,6 @@ impl<F: Future> Driven<F> {
         Driven {
             inner: Box::pin(inner),
             paired,
-            idle_check: None,
-        }
-    }
-
-    fn poll_idle_check(&mut self, cx: &mut Context<'_>, open: bool) {
-        if !open {
-            self.idle_check = None;
-            return;
-        }
-        match &mut self.idle_check {
-            None => {
-                let mut check = Box::pin(tokio::time::sleep(IDLE_RELEASE));
-                // Registers the waker; the timer wakes the task when due.
-                let _ = check.as_mut().poll(cx);
-                self.idle_check = Some(check);
-            }
-            Some(check) if !check.is_elapsed() => {}
-            Some(check) => {
-                if self.paired.release_if_idle() {
-                    check.as_mut().reset(Instant::now() + IDLE_RELEASE);
-                    let _ = check.as_mut().poll(cx);
-                } else {
-                    self.idle_check = None;
-                }
-            }
         }
     }
 }
@@ -329,13 +423,11 @@ impl<F: Future> Future for Driven<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
         // Upstream first (a response may have arrived), then the browser
-        // side, then upstream again (a request may have been handed over).
-        this.paired.poll_connection(cx);
+        // side, then upstream again (a request may have been handed over,
+        // or the response read to its end).
+        this.paired.drive(cx);
         let out = this.inner.as_mut().poll(cx);
-        if out.is_pending() {
-            let open = this.paired.poll_connection(cx);
-            this.poll_idle_check(cx, open);
-        }
+        this.paired.drive(cx);
         out
     }
 }

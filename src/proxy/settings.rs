@@ -11,10 +11,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ipnet::IpNet;
-use tokio::sync::Semaphore;
 
 use super::body::RequestBody;
 use super::head_capture::CapturingConnector;
+use super::paired::Lender;
 use crate::config::{AdminToken, Config, CreateMode, ServerConfig, UpstreamConfig};
 use crate::cookie::{CookieBuilder, Signer};
 use crate::protocol::HeaderPrefix;
@@ -35,8 +35,9 @@ pub struct Settings {
     pub connector: CapturingConnector,
     /// Most header lines read in an upstream response head.
     pub upstream_head_lines: usize,
-    /// Shares of `upstream.paired_connections` (see `paired`).
-    pub paired_budget: Arc<Semaphore>,
+    /// Upstream connections lent to browser connections, at most
+    /// `upstream.paired_connections` (see `paired`).
+    pub lender: Arc<Lender>,
     pub upstream: UpstreamConfig,
     pub signer: Signer,
     pub cookies: CookieBuilder,
@@ -94,12 +95,7 @@ impl Settings {
             client,
             connector: CapturingConnector::new(connector),
             upstream_head_lines,
-            paired_budget: Arc::new(Semaphore::new(
-                config
-                    .upstream
-                    .paired_connections
-                    .min(Semaphore::MAX_PERMITS),
-            )),
+            lender: Arc::new(Lender::new(config.upstream.paired_connections)),
             upstream: config.upstream,
             signer: Signer::new(config.secrets.current, config.secrets.previous),
             cookies: CookieBuilder::new(config.cookie.clone()),

@@ -164,14 +164,19 @@ impl Proxy {
         self.child.id()
     }
 
-    /// Sends a signal and waits for the exit status.
-    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+    /// Sends a signal (`"HUP"`, `"TERM"`).
+    pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.child.id().to_string())
             .status()
             .expect("kill");
         assert!(status.success());
+    }
+
+    /// Sends a signal and waits for the exit status.
+    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+        self.signal(signal);
         self.wait(Duration::from_secs(40)).expect("proxy exits")
     }
 
