@@ -21,7 +21,8 @@
 //!   (`X-Session-Set`, `-Delete`, `-Rotate`, `-Flush`).
 //! - *dead* id: expired, rotated away or flushed; never accepted again.
 //! - *paired* connection: an upstream connection lent to one browser
-//!   connection for one exchange, driven by that connection's task.
+//!   connection while it has an exchange on it, driven by that connection's
+//!   task.
 #![forbid(unsafe_code)]
 
 pub mod admin;

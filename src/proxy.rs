@@ -231,7 +231,8 @@ impl<S: Store> Proxy<S> {
         };
         let mut req = Request::from_parts(parts, Filtered::new(body, s.prefix.clone(), limits));
         // Claimed right before sending, with nothing in between that could
-        // fail or wait: a claimed connection is only given back by `send`.
+        // fail or wait: from here `Paired::send` owns the claim (it closes
+        // the connection on any failure; `Driven` gives it back once idle).
         let paired = (borrow && down.paired.claim(&s.lender)).then_some(&down.paired);
         let pooled = paired.is_none().then(|| capture_connection(&mut req));
         let mut rsp = self.send(s, req, paired).await?;
@@ -397,6 +398,8 @@ impl<S: Store> Proxy<S> {
         let (mut parts, body) = rsp.into_parts();
         hop::strip(&mut parts.headers);
         strip_trailer_announcements(s, &mut parts.headers);
+        // Before any await: a bodiless response leaves a lent connection
+        // idle at once, and the next borrower's exchange resets its capture.
         let capture = parts.extensions.get::<HeadCapture>().cloned();
         let parsed = take_operations(s, &mut parts.headers, capture);
         remove_session_set_cookies(s, &mut parts.headers);

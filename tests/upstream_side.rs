@@ -176,7 +176,10 @@ fn upstream_connections(up: &Upstream) -> usize {
 #[test]
 fn browser_connections_take_turns_on_one_upstream_connection_and_a_broken_one_is_dropped() {
     let up = counting_upstream();
-    let proxy = Proxy::start(&config(up.addr, ""));
+    // One worker: a connection is given back in the same poll that writes
+    // the response, so the next browser's request always finds it idle
+    // (with two, it may arrive on the other worker a moment before).
+    let proxy = Proxy::start(&config(up.addr, "[server]\nworkers = 1\n"));
     let mut a = Conn::open(proxy.addr);
     let mut b = Conn::open(proxy.addr);
     // One request at a time: every browser connection borrows the same

@@ -25,7 +25,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -65,7 +64,9 @@ struct Open {
 }
 
 impl Open {
-    /// No request in flight and the last response read to its end.
+    /// No request in flight and the last response read to its end: hyper's
+    /// client wants a new request only once the last exchange is complete
+    /// on the wire (which hyper >= 1.12 keeps exact; see Cargo.toml).
     fn is_idle(&self) -> bool {
         self.sender.as_ref().is_some_and(SendRequest::is_ready)
     }
@@ -88,21 +89,25 @@ struct Parked {
 }
 
 /// The connections not lent to anyone, and the budget of them all. One per
-/// settings version: a reload retires the old one, whose connections close
-/// as they come back.
+/// settings version: a reload retires the old one, which then lends
+/// nothing and closes its connections as they come back.
 pub struct Lender {
     budget: Arc<Semaphore>,
+    idle: Mutex<Stack>,
+}
+
+#[derive(Default)]
+struct Stack {
     /// Oldest first; lent from the end.
-    idle: Mutex<Vec<Parked>>,
-    retired: AtomicBool,
+    parked: Vec<Parked>,
+    retired: bool,
 }
 
 impl Lender {
     pub fn new(max_connections: usize) -> Lender {
         Lender {
             budget: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
-            idle: Mutex::new(Vec::new()),
-            retired: AtomicBool::new(false),
+            idle: Mutex::default(),
         }
     }
 
@@ -110,7 +115,14 @@ impl Lender {
     /// share of the budget for a new one.
     fn lend(self: &Arc<Self>) -> Option<Borrowed> {
         loop {
-            let Some(mut parked) = lock(&self.idle).pop() else {
+            let popped = {
+                let mut idle = lock(&self.idle);
+                if idle.retired {
+                    return None;
+                }
+                idle.parked.pop()
+            };
+            let Some(mut parked) = popped else {
                 let permit = self.budget.clone().try_acquire_owned().ok()?;
                 return Some(Borrowed {
                     lender: self.clone(),
@@ -129,14 +141,22 @@ impl Lender {
     }
 
     fn take_back(&self, permit: OwnedSemaphorePermit, open: Open) {
-        if self.retired.load(Ordering::Relaxed) {
-            return;
-        }
-        lock(&self.idle).push(Parked {
+        let parked = Parked {
             permit,
             open,
             since: Instant::now(),
-        });
+        };
+        let refused = {
+            let mut idle = lock(&self.idle);
+            if idle.retired {
+                Some(parked)
+            } else {
+                idle.parked.push(parked);
+                None
+            }
+        };
+        // Closed outside the lock.
+        drop(refused);
     }
 
     /// Closes the connections idle for [`IDLE_RELEASE`] or longer.
@@ -144,19 +164,23 @@ impl Lender {
         let now = Instant::now();
         let stale: Vec<Parked> = {
             let mut idle = lock(&self.idle);
-            let n = idle.partition_point(|p| now.duration_since(p.since) >= IDLE_RELEASE);
-            idle.drain(..n).collect()
+            let n = idle
+                .parked
+                .partition_point(|p| now.duration_since(p.since) >= IDLE_RELEASE);
+            idle.parked.drain(..n).collect()
         };
-        // Closed outside the lock.
         drop(stale);
     }
 
     /// Replaced by a reload: closes the idle connections now, the lent ones
     /// when they come back.
     pub fn retire(&self) {
-        self.retired.store(true, Ordering::Relaxed);
-        let idle = std::mem::take(&mut *lock(&self.idle));
-        drop(idle);
+        let parked = {
+            let mut idle = lock(&self.idle);
+            idle.retired = true;
+            std::mem::take(&mut idle.parked)
+        };
+        drop(parked);
     }
 }
 
