@@ -84,21 +84,33 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 /// Binds `config.listen` (and the admin address) and serves until
 /// `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-    let listener = bind(config.listen, "listen", &config).await?;
+    let listener = bind(config.listen, "listen", &config)?;
     serve(listener, config, shutdown).await
 }
 
-async fn bind(
-    addr: std::net::SocketAddr,
-    key: &str,
-    config: &Config,
-) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
+/// Connections the kernel may queue before they are accepted. std's 128 is
+/// short for a front door that 500 browsers reconnect to at once (nginx
+/// asks for 511); the kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn bind(addr: std::net::SocketAddr, key: &str, config: &Config) -> anyhow::Result<TcpListener> {
+    listen(addr).with_context(|| {
         format!(
             "cannot listen on {addr} (from `{key}` in {})",
             config.source.display()
         )
     })
+}
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std's bind does: a restart must not wait for TIME_WAIT to clear.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves on an already bound listener (tests and benchmarks bind port 0).
@@ -110,7 +122,7 @@ pub async fn serve(
     // rustls (TLS for browsers and rediss://) uses the ring provider; installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let admin = match config.admin.listen {
-        Some(addr) => Some(bind(addr, "admin.listen", &config).await?),
+        Some(addr) => Some(bind(addr, "admin.listen", &config)?),
         None => None,
     };
     let policy = Policy::from_config(&config.session);

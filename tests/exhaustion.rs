@@ -101,3 +101,37 @@ fn a_flood_that_fills_max_sessions_is_refused_and_memory_stays_bounded() {
     assert_eq!(keeper.get("/").status, 200);
     proxy.wait_for_log(&["WARN", "session store full"]);
 }
+
+#[test]
+fn a_burst_of_connections_while_the_proxy_is_busy_waits_in_the_listen_queue() {
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(up.addr, ""));
+    // Stopped, the proxy accepts nothing: the kernel completes handshakes
+    // for as many connections as the listen backlog holds and drops the
+    // SYNs of the rest (std's default backlog, 128, holds 129).
+    proxy.signal("STOP");
+    let queued: Vec<std::net::TcpStream> = (0..500)
+        .map_while(|_| {
+            std::net::TcpStream::connect_timeout(&proxy.addr, Duration::from_millis(500)).ok()
+        })
+        .collect();
+    proxy.signal("CONT");
+    // The kernel caps any backlog at net.core.somaxconn (4096 by default).
+    let cap: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(4096);
+    assert_eq!(
+        queued.len(),
+        500.min(cap + 1),
+        "connections queued before one was dropped"
+    );
+    for stream in queued {
+        let mut conn = Conn::from_stream(stream);
+        conn.set_timeout(Duration::from_secs(30));
+        assert_eq!(
+            conn.exchange("GET", &request("GET", "/", &[], b"")).status,
+            200
+        );
+    }
+}
