@@ -57,11 +57,23 @@ fn pinned(cpu: &str, program: &str) -> Command {
     cmd
 }
 
-/// A child process killed when dropped.
+/// A child process stopped when dropped: SIGTERM first, so that nginx's
+/// master takes its worker down with it (SIGKILL would orphan the worker,
+/// still listening), then SIGKILL if it lingers.
 struct Running(Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
