@@ -193,8 +193,8 @@ struct Borrowed {
 }
 
 impl Borrowed {
-    /// Gives the connection back if it is idle; false if it is busy. One
-    /// that ended only gives its share back.
+    /// Gives the connection back if it is idle, or hands itself back if it
+    /// is busy. One that ended only gives its share back.
     fn give_back(self) -> Result<(), Borrowed> {
         match self.open {
             Some(open) if open.is_idle() => {
@@ -249,9 +249,9 @@ impl Paired {
                 .as_ref()
                 .is_some_and(|b| Arc::ptr_eq(&b.lender, lender));
             if !held {
-                // A connection of an older settings version still reading
-                // its response: the pool takes this request.
                 if !slot.give_back_if_idle() {
+                    // One lent under older settings is still reading its
+                    // response: the pool takes this request.
                     return false;
                 }
                 slot.borrowed = lender.lend();
