@@ -153,8 +153,12 @@ pub enum SameSite {
     None,
 }
 
-/// The values of every cookie named `name` in the request, in order.
-/// Several may be present (a sibling subdomain's cookie, an old path).
+/// The values of every cookie named `name` in the request's `Cookie`
+/// headers, in order. Several may be present (a sibling subdomain's
+/// cookie, an old path). Read as bytes: browsers send raw UTF-8 in other
+/// cookies (`document.cookie = "n=José"`), and one such byte must not hide
+/// the session cookie beside it. A value that is not UTF-8 cannot be one we
+/// signed; it is yielded empty, so it still counts as sent and never verifies.
 pub fn request_values<'a>(
     headers: &'a HeaderMap,
     name: &'a str,
@@ -162,12 +166,22 @@ pub fn request_values<'a>(
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|h| h.to_str().ok())
-        .flat_map(|h| h.split(';'))
+        .flat_map(|h| pairs(h.as_bytes()))
         .filter_map(move |pair| {
-            let (n, v) = pair.split_once('=')?;
-            (n.trim() == name).then(|| unquote(v.trim()))
+            let (n, v) = split_pair(pair)?;
+            (n == name.as_bytes()).then(|| unquote(std::str::from_utf8(v).unwrap_or("")))
         })
+}
+
+/// The `;`-separated pairs of one `Cookie` header value, trimmed.
+fn pairs(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b';').map(<[u8]>::trim_ascii)
+}
+
+/// A pair's name and value, both trimmed; `None` without an `=`.
+fn split_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = memchr::memchr(b'=', pair)?;
+    Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
 }
 
 fn unquote(v: &str) -> &str {
@@ -177,41 +191,53 @@ fn unquote(v: &str) -> &str {
 }
 
 /// Removes every cookie named `name` from the `Cookie` headers, leaving the
-/// others as they were; a header left empty is dropped.
+/// others byte for byte as they were; a header left empty is dropped.
 pub fn remove_from_request(headers: &mut HeaderMap, name: &str) {
-    let is_ours = |pair: &str| pair.split('=').next().map(str::trim) == Some(name);
-    let mut changed = false;
-    let mut kept: Vec<HeaderValue> = Vec::new();
-    for value in headers.get_all(COOKIE) {
-        let text = match value.to_str() {
-            Ok(text) if text.split(';').any(is_ours) => text,
-            // Not ours, or not text (then it cannot hold our cookie in a
-            // form we read): kept as is.
-            _ => {
-                kept.push(value.clone());
-                continue;
-            }
-        };
-        changed = true;
-        let pairs: Vec<&str> = text
-            .split(';')
-            .map(str::trim)
-            .filter(|p| !p.is_empty() && !is_ours(p))
-            .collect();
-        if !pairs.is_empty() {
-            kept.push(
-                HeaderValue::from_str(&pairs.join("; "))
-                    .expect("a subset of a valid header value is valid"),
-            );
-        }
-    }
-    if !changed {
+    let is_ours = |pair: &[u8]| split_pair(pair).map_or(pair, |(n, _)| n) == name.as_bytes();
+    if !headers
+        .get_all(COOKIE)
+        .iter()
+        .any(|v| pairs(v.as_bytes()).any(is_ours))
+    {
         return;
     }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| {
+            let others: Vec<&[u8]> = pairs(value.as_bytes())
+                .filter(|p| !p.is_empty() && !is_ours(p))
+                .collect();
+            (!others.is_empty()).then(|| joined(&others))
+        })
+        .collect();
     headers.remove(COOKIE);
     for value in kept {
         headers.append(COOKIE, value);
     }
+}
+
+/// Folds several `Cookie` lines into one, as RFC 9113 section 8.2.3 asks
+/// of a request passed from HTTP/2 (where browsers split cookies into
+/// lines) to HTTP/1.1, whose servers read a single line.
+pub fn join_request_lines(headers: &mut HeaderMap) {
+    if headers.get_all(COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let lines: Vec<&[u8]> = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(|v| v.as_bytes().trim_ascii())
+        .filter(|v| !v.is_empty())
+        .collect();
+    let value = joined(&lines);
+    headers.insert(COOKIE, value);
+}
+
+/// `parts` joined with `; `: pieces of valid header values, so valid too.
+fn joined(parts: &[&[u8]]) -> HeaderValue {
+    HeaderValue::from_bytes(&parts.join(&b"; "[..]))
+        .expect("pieces of valid header values joined with \"; \" are valid")
 }
 
 /// The cookie name of a `Set-Cookie` header value, if it has one.

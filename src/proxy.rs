@@ -326,6 +326,9 @@ impl<S: Store> Proxy<S> {
             cookie,
             s.server.drop_underscore_headers,
         );
+        if parts.version >= Version::HTTP_2 {
+            cookie::join_request_lines(&mut parts.headers);
+        }
         let proto = if down.tls { "https" } else { "http" };
         forwarded::set(
             &mut parts.headers,
@@ -471,6 +474,18 @@ impl<S: Store> Proxy<S> {
                 "upstream session operations not applied: the response is a server error");
             return Ok(unchanged);
         }
+        let flushed = changes.flush;
+        let changes = match session.started {
+            true => changes.without_renewal(),
+            false => changes,
+        };
+        if changes.is_empty() {
+            return Ok(After {
+                changed: true,
+                flushed,
+                ..unchanged
+            });
+        }
         let started = std::time::Instant::now();
         let applied = self
             .store
@@ -498,7 +513,7 @@ impl<S: Store> Proxy<S> {
                     target,
                     has_data,
                     changed: true,
-                    flushed: changes.flush,
+                    flushed,
                 })
             }
             Ok(Outcome::Gone) => {

@@ -223,6 +223,18 @@ impl Changes {
         self.flush || self.rotate
     }
 
+    /// These changes for a session the same request started: its id has
+    /// reached no one and it holds nothing, so Flush and Rotate have nothing
+    /// to clear or retire. Dropping them also keeps the store from marking
+    /// that id dead: a cookie-less flood of logouts must not grow the store.
+    pub fn without_renewal(self) -> Changes {
+        Changes {
+            flush: false,
+            rotate: false,
+            ..self
+        }
+    }
+
     /// Applies Flush, then the edits in order (Rotate does not touch data).
     pub fn apply_to(&self, mut map: Map<String, Value>) -> Map<String, Value> {
         if self.flush {

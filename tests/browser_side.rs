@@ -125,6 +125,43 @@ fn the_first_cookie_that_verifies_is_used_and_the_others_are_ignored() {
 }
 
 #[test]
+fn raw_utf8_in_other_cookies_neither_hides_the_session_nor_leaks_it() {
+    let up = Upstream::start(|r| match r.target.as_str() {
+        "/login" => Response::ok().header("X-Session-Set", "user=1"),
+        _ => Response::ok(),
+    });
+    let proxy = Proxy::start(&config(up.addr, ""));
+    let value = proxy
+        .browser()
+        .get("/login")
+        .session_cookie_value()
+        .unwrap();
+    let id = up.last().session_id().to_owned();
+    // As `document.cookie = "name=Jérôme"` leaves it: raw UTF-8 bytes.
+    for (cookie, others) in [
+        (format!("{COOKIE}={value}; name=Jérôme"), "name=Jérôme"),
+        (format!("name=café; {COOKIE}={value}"), "name=café"),
+    ] {
+        let mut conn = Conn::open(proxy.addr);
+        let reply = conn.exchange("GET", &request("GET", "/", &[("Cookie", &cookie)], b""));
+        assert_eq!(reply.status, 200);
+        assert!(
+            reply.session_cookie().is_none(),
+            "{cookie:?} keeps its session"
+        );
+        let seen = up.last();
+        assert_eq!(seen.session_id(), id, "{cookie:?}");
+        assert!(!seen.is_new());
+        assert_eq!(seen.session()["user"], 1);
+        assert_eq!(
+            seen.header("cookie"),
+            Some(others),
+            "the other cookies pass byte for byte, the session cookie does not"
+        );
+    }
+}
+
+#[test]
 fn host_prefixed_cookie_names_work() {
     let up = Upstream::ok();
     let proxy = Proxy::start(&config(
@@ -241,8 +278,13 @@ fn responses_vary_on_cookie_added_to_the_upstreams_vary() {
 
 #[test]
 fn a_response_carrying_the_session_cookie_is_never_shared_cacheable() {
-    let up = Upstream::start(|_| {
-        Response::ok().header("Cache-Control", "public, max-age=600, s-maxage=600")
+    let up = Upstream::start(|r| match r.target.as_str() {
+        // A quoted "private" names a header; it does not make the response private.
+        "/quoted" => Response::ok().header(
+            "Cache-Control",
+            "public, max-age=60, no-cache=\"X-Foo, private, X-Bar\"",
+        ),
+        _ => Response::ok().header("Cache-Control", "public, max-age=600, s-maxage=600"),
     });
     let proxy = Proxy::start(&config(up.addr, ""));
     let reply = proxy.browser().get("/");
@@ -250,6 +292,12 @@ fn a_response_carrying_the_session_cookie_is_never_shared_cacheable() {
     let cc = reply.all("cache-control").join(", ").to_ascii_lowercase();
     assert!(cc.contains("private"), "{cc}");
     assert!(!cc.contains("public") && !cc.contains("s-maxage"), "{cc}");
+    let reply = proxy.browser().get("/quoted");
+    assert!(reply.session_cookie().is_some());
+    assert_eq!(
+        reply.all("cache-control"),
+        ["max-age=60, no-cache=\"X-Foo, private, X-Bar\", private"]
+    );
 }
 
 #[test]
@@ -289,6 +337,15 @@ fn cookie_less_flood_costs_no_storage() {
         assert_eq!(proxy.browser().get("/").status, 200);
     }
     assert_eq!(support::admin::sessions_held(&proxy), 0);
+    // Nor a flood of logouts: Flush of a session the request itself started
+    // retires nothing and is not counted as a session flushed.
+    let logout = Upstream::start(|_| Response::ok().header("X-Session-Flush", "1"));
+    let flood = Proxy::start(&config(logout.addr, ""));
+    for _ in 0..100 {
+        assert_eq!(flood.browser().get("/logout").status, 200);
+    }
+    let flushed = "sessiongate_sessions_total{event=\"flushed\"}";
+    assert_eq!(support::admin::metric(&flood, flushed), 0.0);
     // A session that stores something is counted: the gauge is live.
     let up2 = Upstream::start(|_| Response::ok().header("X-Session-Set", "k=1"));
     let proxy2 = Proxy::start(&config(up2.addr, ""));

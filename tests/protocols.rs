@@ -84,8 +84,10 @@ fn an_h2c_upgrade_is_never_tunnelled() {
     assert!(seen.header("x-session-id").is_some());
 }
 
-/// GET over an HTTP/2 connection on `io`; returns (status, headers, body).
-async fn h2_get<T>(io: T, path: &str, cookie: Option<&str>) -> (u16, http::HeaderMap, String)
+/// GET over an HTTP/2 connection on `io`, with one `cookie` field line per
+/// entry of `cookies` (as browsers send them over HTTP/2); returns (status,
+/// headers, body).
+async fn h2_get<T>(io: T, path: &str, cookies: &[&str]) -> (u16, http::HeaderMap, String)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -95,8 +97,8 @@ where
             .expect("h2 handshake");
     tokio::spawn(conn);
     let mut req = http::Request::get(format!("http://localhost{path}"));
-    if let Some(c) = cookie {
-        req = req.header("cookie", format!("{COOKIE}={c}"));
+    for line in cookies {
+        req = req.header("cookie", *line);
     }
     let rsp = sender
         .send_request(req.body(Empty::<Bytes>::new()).unwrap())
@@ -137,7 +139,7 @@ async fn http2_with_prior_knowledge_has_the_same_session_semantics() {
     let up = setter();
     let proxy = Proxy::start(&config(up.addr, ""));
     let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let (status, headers, _) = h2_get(tcp, "/set", None).await;
+    let (status, headers, _) = h2_get(tcp, "/set", &[]).await;
     assert_eq!(status, 200);
     let cookie = cookie_value(&headers).expect("a session cookie over h2");
     assert!(
@@ -147,10 +149,16 @@ async fn http2_with_prior_knowledge_has_the_same_session_semantics() {
             .any(|v| v.to_str().unwrap().contains("Cookie"))
     );
     let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let (status, _, _) = h2_get(tcp, "/", Some(&cookie)).await;
+    let ours = format!("{COOKIE}={cookie}");
+    let (status, _, _) = h2_get(tcp, "/", &["a=1", &ours, "b=2"]).await;
     assert_eq!(status, 200);
     let seen = up.last();
     assert_eq!(seen.session(), json!({"via": "h2"}));
+    assert_eq!(
+        seen.all("cookie"),
+        ["a=1; b=2"],
+        "HTTP/2 cookie lines reach the HTTP/1.1 upstream as one (RFC 9113 8.2.3)"
+    );
     assert_eq!(
         seen.header("host"),
         Some("localhost"),
@@ -196,7 +204,7 @@ async fn tls_serves_http1_and_http2_by_alpn_and_says_https_upstream() {
     };
     let tls = connect(b"h2").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (status, headers, _) = h2_get(tls, "/set", None).await;
+    let (status, headers, _) = h2_get(tls, "/set", &[]).await;
     assert_eq!(status, 200);
     let cookie = cookie_value(&headers).unwrap();
     assert_eq!(up.last().header("x-forwarded-proto"), Some("https"));

@@ -64,6 +64,42 @@ fn two_replicas_see_each_others_sessions_and_rotations() {
 }
 
 #[test]
+fn cookie_less_logouts_and_logins_leave_nothing_in_redis() {
+    let redis = RedisServer::start();
+    let up = Upstream::start(|r: &Recorded| match r.target.as_str() {
+        "/logout" => Response::ok().header("X-Session-Flush", "1"),
+        "/rotate" => Response::ok().header("X-Session-Rotate", "1"),
+        "/login" => Response::ok()
+            .header("X-Session-Rotate", "1")
+            .header("X-Session-Set", "user=\"alice\""),
+        _ => Response::ok(),
+    });
+    let proxy = replica(&up, &redis, "");
+    // Each of these starts a session nobody holds yet: Flush and Rotate
+    // have no id to retire, so no "this id is dead" marker is written.
+    for path in ["/logout", "/rotate"] {
+        for _ in 0..50 {
+            assert_eq!(proxy.browser().get(path).status, 200);
+        }
+    }
+    assert_eq!(redis.dbsize(), 0, "cookie-less Flush/Rotate grew Redis");
+    // A first-visit login still stores its session, under the id its
+    // cookie names, and a later logout still kills that id.
+    let mut browser = proxy.browser();
+    browser.get("/login");
+    let cookie = browser.cookie.clone().expect("the login sets the cookie");
+    assert_eq!(up.last().header("x-session-new"), Some("1"));
+    browser.get("/");
+    assert_eq!(up.last().session(), json!({"user": "alice"}));
+    assert!(redis.dbsize() > 0);
+    browser.get("/logout");
+    let mut old = Browser::new(proxy.addr);
+    old.cookie = Some(cookie);
+    old.get("/");
+    assert!(up.last().is_new(), "the logged-out id no longer works");
+}
+
+#[test]
 fn forty_eight_parallel_writes_spread_over_two_replicas_are_all_kept() {
     let redis = RedisServer::start();
     let up = scripted();

@@ -35,17 +35,41 @@ pub fn make_private(headers: &mut HeaderMap) {
     headers.insert(CACHE_CONTROL, value);
 }
 
-/// The comma-separated members of every `name` header, trimmed. Quoted
-/// commas (`private="a, b"`) split wrongly but harmlessly: such a qualified
-/// `private` is not the bare `private` we need anyway.
+/// The comma-separated members of every `name` header, trimmed.
 fn directives(headers: &HeaderMap, name: http::header::HeaderName) -> impl Iterator<Item = &str> {
     headers
         .get_all(name)
         .into_iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+        .flat_map(members)
         .map(str::trim)
         .filter(|d| !d.is_empty())
+}
+
+/// Splits a list header on the commas outside quoted strings (RFC 9110
+/// section 5.6.1), so `no-cache="X-Foo, private"` stays one member and its
+/// quoted `private` is not mistaken for the directive. Written here: the
+/// `http` crate does not parse lists, and this split is all we need.
+fn members(value: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(value);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        let (mut quoted, mut escaped) = (false, false);
+        for (i, b) in text.bytes().enumerate() {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' if quoted => escaped = true,
+                b'"' => quoted = !quoted,
+                b',' if !quoted => {
+                    rest = Some(&text[i + 1..]);
+                    return Some(&text[..i]);
+                }
+                _ => {}
+            }
+        }
+        rest = None;
+        Some(text)
+    })
 }
 
 #[cfg(test)]
@@ -82,5 +106,17 @@ mod tests {
         let mut h = HeaderMap::new();
         make_private(&mut h);
         assert_eq!(h[CACHE_CONTROL], "private");
+    }
+
+    #[test]
+    fn commas_inside_quotes_do_not_split_members() {
+        let all: Vec<_> = members(r#"a, b="x, \"y, z", c"#).map(str::trim).collect();
+        assert_eq!(all, ["a", r#"b="x, \"y, z""#, "c"]);
+        let mut h = with(CACHE_CONTROL, &[r#"no-cache="Set-Cookie, private""#]);
+        make_private(&mut h);
+        assert_eq!(
+            h[CACHE_CONTROL],
+            r#"no-cache="Set-Cookie, private", private"#
+        );
     }
 }

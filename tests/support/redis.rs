@@ -76,6 +76,21 @@ impl RedisServer {
         }
     }
 
+    /// The number of keys in the database (`DBSIZE`).
+    pub fn dbsize(&self) -> u64 {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("redis is up");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"DBSIZE\r\n").unwrap();
+        let mut buf = [0u8; 32];
+        let n = s.read(&mut buf).unwrap();
+        let reply = std::str::from_utf8(&buf[..n]).unwrap();
+        reply
+            .strip_prefix(':')
+            .and_then(|r| r.trim_end().parse().ok())
+            .unwrap_or_else(|| panic!("DBSIZE answered {reply:?}"))
+    }
+
     fn ping(&self) -> bool {
         use std::io::{Read, Write};
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
