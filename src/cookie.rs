@@ -173,9 +173,19 @@ pub fn request_values<'a>(
         })
 }
 
-/// The `;`-separated pairs of one `Cookie` header value, trimmed.
+/// The `;`-separated pairs of one `Cookie` header value, trimmed. Split
+/// with memchr: this runs on every request, over cookies of any length.
 fn pairs(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|&b| b == b';').map(<[u8]>::trim_ascii)
+    let mut rest = Some(value);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        let (pair, after) = match memchr::memchr(b';', text) {
+            Some(i) => (&text[..i], Some(&text[i + 1..])),
+            None => (text, None),
+        };
+        rest = after;
+        Some(pair.trim_ascii())
+    })
 }
 
 /// A pair's name and value, both trimmed; `None` without an `=`.
