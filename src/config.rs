@@ -270,12 +270,22 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        env::apply_overrides(&mut table, vars)?;
-        let raw = raw::RawConfig::from_table(table).map_err(|(key, message)| Error::Key {
-            path: path.to_owned(),
-            key,
-            message,
-        })?;
-        raw.validate(path)
+        let overridden = env::apply_overrides(&mut table, vars)?;
+        // A wrong value is blamed on where it came from: the file or a variable.
+        let blame = |(key, message): raw::KeyError| match env::source_of(&overridden, &key) {
+            Some(var) => Error::Env {
+                var: var.to_owned(),
+                message: format!("key `{key}`: {message}"),
+            },
+            None => Error::Key {
+                path: path.to_owned(),
+                key,
+                message,
+            },
+        };
+        raw::RawConfig::from_table(table)
+            .map_err(blame)?
+            .validate(path)
+            .map_err(blame)
     }
 }

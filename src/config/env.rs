@@ -98,11 +98,15 @@ fn var_name(section: &str, key: &str) -> String {
     }
 }
 
-/// Merges every `SESSIONGATE_*` variable of `vars` into `table`.
+/// Which variable set which key: (`section.key` or `key`, variable name).
+pub type Overridden = Vec<(String, String)>;
+
+/// Merges every `SESSIONGATE_*` variable of `vars` into `table`; says
+/// which keys they set.
 pub fn apply_overrides(
     table: &mut toml::Table,
     vars: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), Error> {
+) -> Result<Overridden, Error> {
     // The variable that holds the secret itself may carry our prefix.
     let secret_var = table
         .get("secret")
@@ -116,6 +120,7 @@ pub fn apply_overrides(
         .collect();
     // Deterministic order, so that `upstream` is set before `upstream.*`.
     vars.sort();
+    let mut overridden = Overridden::new();
     for (var, text) in vars {
         let Some(&(section, key, kind)) = KEYS.iter().find(|(s, k, _)| var_name(s, k) == var)
         else {
@@ -129,8 +134,30 @@ pub fn apply_overrides(
             message,
         })?;
         set(table, section, key, value);
+        let path = match section {
+            "" => key.to_owned(),
+            _ => format!("{section}.{key}"),
+        };
+        overridden.push((path, var));
     }
-    Ok(())
+    Ok(overridden)
+}
+
+/// The variable behind the value a config error names, if one set it. An
+/// error may name the key itself, a part of it, or its whole section
+/// (`secret` for `SESSIONGATE_SECRET_VALUE`).
+pub fn source_of<'a>(overridden: &'a Overridden, key: &str) -> Option<&'a str> {
+    let within = |outer: &str, inner: &str| {
+        inner == outer
+            || inner
+                .strip_prefix(outer)
+                .is_some_and(|r| r.starts_with(['.', '[']))
+    };
+    overridden
+        .iter()
+        .rev()
+        .find(|(path, _)| within(path, key) || within(key, path))
+        .map(|(_, var)| var.as_str())
 }
 
 fn to_value(kind: Kind, text: &str) -> Result<toml::Value, String> {
@@ -162,7 +189,16 @@ fn to_value(kind: Kind, text: &str) -> Result<toml::Value, String> {
 
 fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
     if section.is_empty() {
-        table.insert(key.to_owned(), value);
+        match table.get_mut(key) {
+            // `SESSIONGATE_UPSTREAM` over an `[upstream]` table replaces its
+            // url only: the file's timeouts and signing key still hold.
+            Some(toml::Value::Table(upstream)) if key == "upstream" => {
+                upstream.insert("url".to_owned(), value);
+            }
+            _ => {
+                table.insert(key.to_owned(), value);
+            }
+        }
         return;
     }
     let entry = table
@@ -247,6 +283,43 @@ mod tests {
             "0123456789abcdef0123456789abcdef".to_owned(),
         )];
         assert!(Config::parse(Path::new("t.toml"), text, vars).is_ok());
+    }
+
+    #[test]
+    fn the_upstream_shorthand_over_an_upstream_table_replaces_only_its_url() {
+        let text = "[upstream]\nurl = \"http://127.0.0.1:3000\"\ntimeout = \"1s\"\n\
+                    [secret]\nvalue = \"0123456789abcdef0123456789abcdef\"\n";
+        let vars = [(
+            "SESSIONGATE_UPSTREAM".to_owned(),
+            "http://127.0.0.1:4000".to_owned(),
+        )];
+        let config = Config::parse(Path::new("t.toml"), text, vars).unwrap();
+        assert_eq!(config.upstream.authority.as_str(), "127.0.0.1:4000");
+        assert_eq!(config.upstream.timeout.as_secs(), 1);
+    }
+
+    #[test]
+    fn a_wrong_value_from_a_variable_is_blamed_on_the_variable() {
+        for (var, value) in [
+            ("SESSIONGATE_LISTEN", "127.0.0.1:99999"),
+            ("SESSIONGATE_SECRET_VALUE", "short"),
+            ("SESSIONGATE_SESSION_MAX_BYTES", "-1"),
+            ("SESSIONGATE_UPSTREAM_URL", "ftp://x"),
+        ] {
+            let err = parse(&[(var, value)]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("environment variable {var}")),
+                "{err}"
+            );
+        }
+        // A wrong value in the file is still the file's.
+        let text = "upstream = \"http://127.0.0.1:3000\"\nlisten = \"nope\"\n\
+                    [secret]\nvalue = \"0123456789abcdef0123456789abcdef\"\n";
+        let vars = [("SESSIONGATE_COOKIE_SECURE".to_owned(), "false".to_owned())];
+        let err = Config::parse(Path::new("t.toml"), text, vars)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("config file t.toml: key `listen`"), "{err}");
     }
 
     #[test]

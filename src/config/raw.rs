@@ -11,7 +11,7 @@ use http::Uri;
 use serde::Deserialize;
 
 use super::{
-    AdminConfig, AdminToken, Config, CookieConfig, CreateMode, Durability, Error, LogFormat,
+    AdminConfig, AdminToken, Config, CookieConfig, CreateMode, Durability, LogFormat,
     MAX_SESSION_BYTES, MIN_SECRET_BYTES, Secrets, ServerConfig, SessionConfig, StoreConfig,
     TlsConfig, UpstreamConfig,
 };
@@ -189,7 +189,7 @@ struct RawLog {
 }
 
 /// A problem with one key: its dotted name and what is wrong.
-type KeyError = (String, String);
+pub type KeyError = (String, String);
 
 fn key_error(key: &str, message: impl Into<String>) -> KeyError {
     (key.to_owned(), message.into())
@@ -208,15 +208,8 @@ impl RawConfig {
         })
     }
 
-    pub fn validate(self, path: &Path) -> Result<Config, Error> {
-        self.build(path).map_err(|(key, message)| Error::Key {
-            path: path.to_owned(),
-            key,
-            message,
-        })
-    }
-
-    fn build(self, source: &Path) -> Result<Config, KeyError> {
+    /// The checked config, or the key that is wrong and why.
+    pub fn validate(self, source: &Path) -> Result<Config, KeyError> {
         let listen = parse_address("listen", self.listen.as_deref().unwrap_or("127.0.0.1:8080"))?;
         let upstream = validate_upstream(self.upstream)?;
         let header_prefix = match self.header_prefix.as_deref() {
