@@ -246,6 +246,14 @@ impl<S: Store> Proxy<S> {
             }
             return Err(Error::UpstreamFraming(refused));
         }
+        if rsp.version() == Version::HTTP_10
+            && let Some(pooled) = &pooled
+            && let Some(connected) = pooled.connection_metadata().as_ref()
+        {
+            // hyper would speak HTTP/1.0 on it from now on, which cannot
+            // frame a chunked upload (`Paired::send` does the same).
+            connected.poison();
+        }
         let upstream_upgrade = (websocket && rsp.status() == StatusCode::SWITCHING_PROTOCOLS)
             .then(|| hyper::upgrade::on(&mut rsp));
         let mut rsp = self.respond(s, rsp, session, label).await?;
@@ -399,6 +407,9 @@ impl<S: Store> Proxy<S> {
         label: &Label,
     ) -> Result<Response<ResponseBody>, Error> {
         let (mut parts, body) = rsp.into_parts();
+        // The proxy answers in its own HTTP version (RFC 9110 section 2.5);
+        // hyper still answers an HTTP/1.0 browser in HTTP/1.0.
+        parts.version = Version::HTTP_11;
         hop::strip(&mut parts.headers);
         strip_trailer_announcements(s, &mut parts.headers);
         // Before any await: a bodiless response leaves a lent connection

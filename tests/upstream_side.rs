@@ -242,3 +242,28 @@ fn with_no_paired_connections_every_request_uses_the_pool() {
         "one pooled connection served all"
     );
 }
+
+#[test]
+fn after_an_http_1_0_response_uploads_are_still_framed_and_browsers_get_http_1_1() {
+    let up = support::upstream::raw(|_| {
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok".to_vec()
+    });
+    let pooled = format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{}\"\npaired_connections = 0\n[secret]\nvalue = \"{}\"\n[cookie]\nsecure = false\n",
+        up.addr,
+        support::SECRET
+    );
+    for text in [config(up.addr, ""), pooled] {
+        let proxy = Proxy::start(&text);
+        let mut conn = Conn::open(proxy.addr);
+        let first = conn.exchange("GET", b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!((first.version.as_str(), first.status), ("HTTP/1.1", 200));
+        let upload = b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        assert_eq!(conn.exchange("POST", upload).status, 200);
+        let seen = up.last();
+        assert_eq!(seen.target, "/up");
+        // hyper would have sent it as HTTP/1.0 on the reused connection,
+        // unframed: no length, no chunked, the body lost.
+        assert_eq!(seen.header("transfer-encoding"), Some("chunked"));
+    }
+}

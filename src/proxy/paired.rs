@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use http::{Request, Response, Uri};
+use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -304,7 +304,11 @@ impl Paired {
         // browser connection could borrow it.
         if framing::check_response(rsp.headers()).is_ok() {
             guard.done = true;
-            self.put_back(sender);
+            // From its first HTTP/1.0 response on, hyper speaks HTTP/1.0 on a
+            // connection, which cannot frame a chunked upload: such a
+            // connection closes after this response instead of being lent.
+            let reusable = rsp.version() != Version::HTTP_10;
+            self.put_back(reusable.then_some(sender));
         }
         rsp.extensions_mut().insert(capture);
         Ok(rsp)
@@ -323,11 +327,12 @@ impl Paired {
     }
 
     /// The response head is accepted: the connection reads the body, then
-    /// goes back to the lender once idle.
-    fn put_back(&self, sender: SendRequest<RequestBody>) {
+    /// goes back to the lender once idle. Without its sender it takes no
+    /// more requests: hyper closes it once the response is read.
+    fn put_back(&self, sender: Option<SendRequest<RequestBody>>) {
         self.with(|slot| {
             if let Some(open) = slot.borrowed.as_mut().and_then(|b| b.open.as_mut()) {
-                open.sender = Some(sender);
+                open.sender = sender;
             }
             slot.reserved = false;
         });

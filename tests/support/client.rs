@@ -11,6 +11,8 @@ use super::COOKIE;
 /// A response as the client received it.
 #[derive(Debug, Clone)]
 pub struct Reply {
+    /// The status line's protocol, such as `HTTP/1.1`.
+    pub version: String,
     pub status: u16,
     /// Names lower-cased, in order received.
     pub headers: Vec<(String, String)>,
@@ -102,11 +104,9 @@ impl Conn {
                 "connection closed",
             ));
         }
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let mut words = line.split_whitespace();
+        let version = words.next().unwrap_or("").to_owned();
+        let status: u16 = words.next().and_then(|s| s.parse().ok()).unwrap_or(0);
         let mut headers = Vec::new();
         loop {
             let mut h = String::new();
@@ -120,6 +120,7 @@ impl Conn {
             }
         }
         let reply = Reply {
+            version,
             status,
             headers,
             body: vec![],
