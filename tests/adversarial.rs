@@ -42,6 +42,7 @@ fn smuggling_attempts_get_400_a_closed_connection_and_never_reach_the_upstream()
         ("space before the colon", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n"),
         ("two Hosts", b"POST / HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 0\r\n\r\n"),
         ("TE in HTTP/1.0", b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("CL.TE with bare LF", b"POST / HTTP/1.1\nHost: x\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\r\n\r\n"),
     ];
     for (what, raw) in attempts {
         assert_refused_and_closed(&proxy, raw, what);

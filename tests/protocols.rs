@@ -167,6 +167,26 @@ async fn http2_with_prior_knowledge_has_the_same_session_semantics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_content_length_over_http2_is_refused() {
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(up.addr, ""));
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::post("http://localhost/")
+        .header("content-length", "3")
+        .header("content-length", "3")
+        .body(http_body_util::Full::new(Bytes::from_static(b"abc")))
+        .unwrap();
+    let rsp = sender.send_request(req).await.expect("h2 response");
+    assert_eq!(rsp.status(), 400);
+    assert_eq!(up.count(), 0, "nothing reached the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_http1_and_http2_by_alpn_and_says_https_upstream() {
     let dir = tempfile::tempdir().unwrap();
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();

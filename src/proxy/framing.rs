@@ -23,6 +23,8 @@ pub enum Refused {
     Coding,
     #[error("more than one Host header")]
     Hosts,
+    #[error("more than one Content-Length")]
+    Lengths,
 }
 
 /// Where a message head ends: the index of its blank line's `\r\n\r\n`.
@@ -37,7 +39,22 @@ pub fn check_request(headers: &HeaderMap) -> Result<(), Refused> {
     if headers.get_all(HOST).iter().count() > 1 {
         return Err(Refused::Hosts);
     }
+    // hyper accepts repeated equal lengths (RFC 9110 section 8.6 allows
+    // either); refusing them keeps "one framing header" simple to state.
+    if headers.get_all(CONTENT_LENGTH).iter().count() > 1 {
+        return Err(Refused::Lengths);
+    }
     check_message(headers)
+}
+
+/// Where a request head ends: just past its blank line, which may end in
+/// `\r\n` or, as httparse and hyper accept, a bare `\n`.
+pub fn head_end(bytes: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'\n', bytes).find_map(|i| match &bytes[i + 1..] {
+        [b'\n', ..] => Some(i + 2),
+        [b'\r', b'\n', ..] => Some(i + 3),
+        _ => None,
+    })
 }
 
 /// Checks the framing headers of a request head as it arrived on the wire
@@ -48,7 +65,7 @@ pub fn check_raw_request(head: &[u8]) -> Result<(), Refused> {
     if !contains_ignore_case(head, b"transfer-encoding") {
         return Ok(());
     }
-    let count = head.windows(2).filter(|w| w == b"\r\n").count().max(1);
+    let count = memchr::memchr_iter(b'\n', head).count().max(1);
     let mut parsed = vec![httparse::EMPTY_HEADER; count];
     let mut req = httparse::Request::new(&mut parsed);
     if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
@@ -123,6 +140,16 @@ mod tests {
             Ok(())
         );
         assert_eq!(check_raw_request(b"PRI * HTTP/2.0\r\n\r\n"), Ok(()));
+        let bare_lf =
+            b"POST / HTTP/1.1\nHost: a\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\r\n\r\n";
+        let end = head_end(bare_lf).unwrap();
+        assert_eq!(&bare_lf[end..], b"0\r\n\r\n");
+        assert_eq!(
+            check_raw_request(&bare_lf[..end]),
+            Err(Refused::Conflicting)
+        );
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nx"), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
     }
 
     #[test]

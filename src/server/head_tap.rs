@@ -6,7 +6,7 @@
 //! The tap sits above TLS (it sees plaintext) and looks at bytes only
 //! while a head is arriving after the connection was idle. A head that
 //! arrives in one read is checked in place; one split over reads is copied
-//! first. The verdict waits in the connection's `Activity` for the proxy. A request pipelined behind another is not
+//! first. Its blank line may end in `\r\n` or a bare `\n` (hyper accepts both). The verdict waits in the connection's `Activity` for the proxy. A request pipelined behind another is not
 //! copied; the proxy re-frames every body itself, so such a request cannot
 //! desynchronise the upstream, it only escapes the stricter refusal.
 
@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::deadline::Activity;
-use crate::proxy::framing::{check_raw_request, find_blank_line};
+use crate::proxy::framing::{check_raw_request, head_end};
 
 pub struct HeadTap<T> {
     inner: T,
@@ -47,18 +47,17 @@ impl<T> HeadTap<T> {
             return;
         }
         if copy.is_empty()
-            && let Some(end) = find_blank_line(bytes)
+            && let Some(end) = head_end(bytes)
         {
             // The common case: the whole head in one read, checked in place.
-            self.activity
-                .set_framing(check_raw_request(&bytes[..end + 4]));
+            self.activity.set_framing(check_raw_request(&bytes[..end]));
             self.copy = None;
             return;
         }
-        let start = copy.len().saturating_sub(3);
+        let start = copy.len().saturating_sub(2);
         copy.extend_from_slice(bytes);
-        if let Some(end) = find_blank_line(&copy[start..]) {
-            let verdict = check_raw_request(&copy[..start + end + 4]);
+        if let Some(end) = head_end(&copy[start..]) {
+            let verdict = check_raw_request(&copy[..start + end]);
             self.activity.set_framing(verdict);
             self.copy = None;
         } else if copy.len() > self.max {
