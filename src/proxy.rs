@@ -22,13 +22,14 @@ mod hop;
 pub(crate) mod paired;
 pub mod path;
 mod settings;
+mod target;
 mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::header::{CONTENT_LENGTH, HOST, HeaderMap, HeaderValue, SET_COOKIE};
+use http::header::{CONTENT_LENGTH, HeaderMap, HeaderValue, SET_COOKIE};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -197,6 +198,7 @@ impl<S: Store> Proxy<S> {
         if req.method() == Method::CONNECT {
             return Err(Error::MethodNotAllowed("CONNECT is not proxied"));
         }
+        target::check(req.method(), req.uri())?;
         framing::check_request(req.headers()).map_err(Error::Framing)?;
         if let Some(refused) = down.activity.take_framing_refusal()
             && req.version() <= Version::HTTP_11
@@ -323,10 +325,7 @@ impl<S: Store> Proxy<S> {
         session: Option<&Resolved>,
         path: &str,
     ) -> Result<(), Error> {
-        let host = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::try_from(a.as_str()).ok());
+        let host = target::settle_host(parts, &s.upstream.authority)?;
         let cookie = (!s.forward_cookie).then(|| s.cookies.name());
         strip_inbound(
             &mut parts.headers,
@@ -342,14 +341,9 @@ impl<S: Store> Proxy<S> {
             &mut parts.headers,
             &down.forwarded_peer,
             proto,
-            host.clone(),
+            host,
             &s.trusted_proxies,
         );
-        if !parts.headers.contains_key(HOST) {
-            // HTTP/2 carries the host in the URI; HTTP/1.1 upstreams need the header.
-            let host = host.ok_or(Error::BadRequest("no Host"))?;
-            parts.headers.insert(HOST, host);
-        }
         if let Some(session) = session {
             protocol::inject(&s.prefix, &mut parts.headers, injected(session));
         }

@@ -256,3 +256,43 @@ fn a_garbled_upstream_response_is_a_502_and_the_proxy_keeps_serving() {
     assert_eq!(proxy.browser().get("/bare-cr").status, 502);
     assert_eq!(proxy.browser().get("/fine").status, 200);
 }
+
+#[test]
+fn malformed_targets_and_hosts_get_400_and_never_reach_the_upstream() {
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(up.addr, ""));
+    let attempts: &[(&str, &[u8])] = &[
+        (
+            "authority-form GET",
+            b"GET example.com:80 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        ),
+        ("`*` outside OPTIONS", b"GET * HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (
+            "an ftp target",
+            b"GET ftp://example.com/a HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        ),
+        (
+            "userinfo in the target",
+            b"GET http://u:pw@example.com/a HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        ),
+        ("a space in Host", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"),
+        (
+            "userinfo in Host",
+            b"GET / HTTP/1.1\r\nHost: evil@a\r\n\r\n",
+        ),
+    ];
+    for (what, raw) in attempts {
+        let mut conn = Conn::open(proxy.addr);
+        conn.send(raw);
+        let reply = conn.read("GET").unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(reply.status, 400, "{what}");
+    }
+    assert_eq!(up.count(), 0, "reached the upstream: {:?}", up.requests());
+    let mut conn = Conn::open(proxy.addr);
+    conn.send(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(
+        conn.read("OPTIONS").unwrap().status,
+        200,
+        "OPTIONS * is proxied"
+    );
+}

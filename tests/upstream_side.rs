@@ -267,3 +267,26 @@ fn after_an_http_1_0_response_uploads_are_still_framed_and_browsers_get_http_1_1
         assert_eq!(seen.header("transfer-encoding"), Some("chunked"));
     }
 }
+
+#[test]
+fn the_upstream_gets_the_host_the_browser_addressed() {
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(up.addr, ""));
+    let mut conn = Conn::open(proxy.addr);
+    // Absolute-form: the target's authority wins over Host (RFC 9112 3.2.2).
+    conn.exchange(
+        "GET",
+        b"GET http://good.example/a HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+    );
+    let seen = up.last();
+    assert_eq!(seen.target, "/a");
+    assert_eq!(seen.all("host"), ["good.example"]);
+    assert_eq!(seen.header("x-forwarded-host"), Some("good.example"));
+    // HTTP/1.0 may name no host: the upstream gets its own address.
+    let mut conn = Conn::open(proxy.addr);
+    let reply = conn.exchange("GET", b"GET /old HTTP/1.0\r\n\r\n");
+    assert_eq!(reply.status, 200);
+    let seen = up.last();
+    assert_eq!(seen.header("host"), Some(up.addr.to_string().as_str()));
+    assert_eq!(seen.header("x-forwarded-host"), None);
+}

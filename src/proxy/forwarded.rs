@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue};
+use http::header::{FORWARDED, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -75,7 +75,7 @@ pub fn set(
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if (!kept || !headers.contains_key(X_FORWARDED_HOST))
-        && let Some(host) = host.or_else(|| headers.get(HOST).cloned())
+        && let Some(host) = host
     {
         headers.insert(X_FORWARDED_HOST, host);
     }
@@ -109,7 +109,6 @@ mod tests {
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         h.insert(X_REAL_IP, HeaderValue::from_static("1.2.3.4"));
-        h.insert(HOST, HeaderValue::from_static("app.example"));
         h
     }
 
@@ -120,7 +119,7 @@ mod tests {
             &mut h,
             &Peer::new("10.0.0.9".parse().unwrap()),
             "http",
-            None,
+            Some(HeaderValue::from_static("app.example")),
             &[],
         );
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
@@ -136,7 +135,7 @@ mod tests {
             &mut h,
             &Peer::new("::ffff:10.0.0.9".parse().unwrap()),
             "http",
-            None,
+            Some(HeaderValue::from_static("app.example")),
             &["10.0.0.0/8".parse().unwrap()],
         );
         assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 10.0.0.9");
@@ -146,13 +145,12 @@ mod tests {
     #[test]
     fn trusted_peer_without_headers_gets_its_own() {
         let mut h = HeaderMap::new();
-        h.insert(HOST, HeaderValue::from_static("app.example"));
         let trusted = ["10.0.0.0/8".parse().unwrap()];
         set(
             &mut h,
             &Peer::new("10.0.0.9".parse().unwrap()),
             "https",
-            None,
+            Some(HeaderValue::from_static("app.example")),
             &trusted,
         );
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");

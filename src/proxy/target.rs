@@ -1,0 +1,113 @@
+//! What the browser addressed: the request target's form (RFC 9112
+//! section 3.2) and the host the request is for.
+
+use http::header::{HOST, HeaderValue};
+use http::request::Parts;
+use http::uri::Authority;
+use http::{Method, Uri, Version};
+
+use super::error::Error;
+
+/// Refuses targets an origin server would: authority-form outside CONNECT
+/// (which is refused before), `*` outside OPTIONS, and absolute-form with a
+/// scheme other than http or https. hyper parses all of them.
+pub fn check(method: &Method, uri: &Uri) -> Result<(), Error> {
+    if let Some(scheme) = uri.scheme_str()
+        && !scheme.eq_ignore_ascii_case("http")
+        && !scheme.eq_ignore_ascii_case("https")
+    {
+        return Err(Error::BadRequest(
+            "request target with a scheme other than http(s)",
+        ));
+    }
+    if uri.scheme().is_none() && uri.authority().is_some() {
+        return Err(Error::BadRequest(
+            "authority-form request target outside CONNECT",
+        ));
+    }
+    if uri.path() == "*" && method != Method::OPTIONS {
+        return Err(Error::BadRequest("`*` request target outside OPTIONS"));
+    }
+    Ok(())
+}
+
+/// Sets `Host` to the host the browser addressed and returns it: the
+/// target's authority when it has one (absolute-form, HTTP/2's
+/// `:authority`), which wins over a `Host` header (RFC 9112 section 3.2.2,
+/// RFC 9113 section 8.3.1), else `Host`. An HTTP/1.0 request may name no
+/// host; it gets `upstream`'s, as nginx sends its `proxy_pass` host, and
+/// `None` comes back (there is nothing to forward as X-Forwarded-Host).
+pub fn settle_host(parts: &mut Parts, upstream: &Authority) -> Result<Option<HeaderValue>, Error> {
+    let given = match parts.uri.authority() {
+        Some(authority) => Some(authority.as_str().as_bytes()),
+        None => parts.headers.get(HOST).map(HeaderValue::as_bytes),
+    }
+    .filter(|host| !host.is_empty());
+    let Some(host) = given else {
+        if parts.version > Version::HTTP_10 {
+            return Err(Error::BadRequest("no Host"));
+        }
+        let host =
+            HeaderValue::from_str(upstream.as_str()).expect("an authority is a valid header");
+        parts.headers.insert(HOST, host);
+        return Ok(None);
+    };
+    // A host is an authority without userinfo (RFC 9110 section 4.2.4).
+    if host.contains(&b'@') || Authority::try_from(host).is_err() {
+        return Err(Error::BadRequest("invalid Host"));
+    }
+    let host = HeaderValue::from_bytes(host).expect("a valid authority is a valid header");
+    parts.headers.insert(HOST, host.clone());
+    Ok(Some(host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(target: &str, host: Option<&str>, version: Version) -> Parts {
+        let mut req = http::Request::get(target).version(version);
+        if let Some(host) = host {
+            req = req.header(HOST, host);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn targets_outside_their_method_or_scheme_are_refused() {
+        let ok = |m: Method, t: &str| check(&m, &t.parse().unwrap()).is_ok();
+        assert!(ok(Method::GET, "/a?b"));
+        assert!(ok(Method::GET, "http://example.com/a"));
+        assert!(ok(Method::OPTIONS, "*"));
+        assert!(!ok(Method::GET, "*"));
+        assert!(!ok(Method::GET, "example.com:80"));
+        assert!(!ok(Method::GET, "ftp://example.com/a"));
+    }
+
+    #[test]
+    fn the_targets_authority_wins_and_bad_hosts_are_refused() {
+        let upstream: Authority = "app:3000".parse().unwrap();
+        let mut p = parts("http://good.example/x", Some("evil"), Version::HTTP_11);
+        assert_eq!(
+            settle_host(&mut p, &upstream).unwrap().unwrap(),
+            "good.example"
+        );
+        assert_eq!(p.headers[HOST], "good.example");
+        let mut p = parts("/x", Some("a.example:8080"), Version::HTTP_11);
+        assert_eq!(
+            settle_host(&mut p, &upstream).unwrap().unwrap(),
+            "a.example:8080"
+        );
+        for bad in ["a b", "evil@a", "a/b"] {
+            let mut p = parts("/x", Some(bad), Version::HTTP_11);
+            assert!(settle_host(&mut p, &upstream).is_err(), "{bad}");
+        }
+        let mut p = parts("http://u:pw@example.com/x", None, Version::HTTP_11);
+        assert!(settle_host(&mut p, &upstream).is_err());
+        let mut p = parts("/x", None, Version::HTTP_11);
+        assert!(settle_host(&mut p, &upstream).is_err());
+        let mut p = parts("/x", None, Version::HTTP_10);
+        assert_eq!(settle_host(&mut p, &upstream).unwrap(), None);
+        assert_eq!(p.headers[HOST], "app:3000");
+    }
+}
