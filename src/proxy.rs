@@ -238,23 +238,30 @@ impl<S: Store> Proxy<S> {
         let paired = (borrow && down.paired.claim(&s.lender)).then_some(&down.paired);
         let pooled = paired.is_none().then(|| capture_connection(&mut req));
         let mut rsp = self.send(s, req, paired).await?;
-        if let Err(refused) = framing::check_response(rsp.headers()) {
-            // The bytes after such a response cannot be trusted: never reuse
-            // it (`Paired::send` has closed a borrowed one already).
+        let poison = || {
             if let Some(pooled) = &pooled
                 && let Some(connected) = pooled.connection_metadata().as_ref()
             {
                 connected.poison();
             }
+        };
+        // `Paired::send` has already kept a borrowed connection from reuse
+        // in each of these cases.
+        if let Err(refused) = framing::check_response(rsp.headers()) {
+            // The bytes after such a response cannot be trusted.
+            poison();
             return Err(Error::UpstreamFraming(refused));
         }
-        if rsp.version() == Version::HTTP_10
-            && let Some(pooled) = &pooled
-            && let Some(connected) = pooled.connection_metadata().as_ref()
-        {
+        if rsp.status() == StatusCode::SWITCHING_PROTOCOLS && !websocket {
+            poison();
+            return Err(Error::UpstreamMalformed(
+                "101 Switching Protocols to a request that asked for no upgrade".into(),
+            ));
+        }
+        if rsp.version() == Version::HTTP_10 {
             // hyper would speak HTTP/1.0 on it from now on, which cannot
-            // frame a chunked upload (`Paired::send` does the same).
-            connected.poison();
+            // frame a chunked upload.
+            poison();
         }
         let upstream_upgrade = (websocket && rsp.status() == StatusCode::SWITCHING_PROTOCOLS)
             .then(|| hyper::upgrade::on(&mut rsp));

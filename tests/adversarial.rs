@@ -249,12 +249,19 @@ fn a_garbled_upstream_response_is_a_502_and_the_proxy_keeps_serving() {
             b"HTTP/1.1 200 OK\r\nX-Session-Set: a=\"1\"\rInjected: 1\r\nContent-Length: 2\r\n\r\nok"
                 .to_vec()
         }
+        // A 101 nobody asked for: not relayed, its operation not applied.
+        "/switch" => b"HTTP/1.1 101 Switching Protocols\r\nX-Session-Set: ws=1\r\n\r\n".to_vec(),
         _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
     });
     let proxy = Proxy::start(&config(up.addr, ""));
     assert_eq!(proxy.browser().get("/garbage").status, 502);
+    proxy.wait_for_log(&["WARN", "status=502", "upstream sent a malformed response"]);
     assert_eq!(proxy.browser().get("/bare-cr").status, 502);
-    assert_eq!(proxy.browser().get("/fine").status, 200);
+    let mut browser = proxy.browser();
+    assert_eq!(browser.get("/switch").status, 502);
+    proxy.wait_for_log(&["WARN", "status=502", "101 Switching Protocols"]);
+    assert_eq!(browser.get("/fine").status, 200);
+    assert_eq!(up.last().session(), json!({}));
 }
 
 #[test]

@@ -26,6 +26,8 @@ pub enum Error {
     BodyBroken(String),
     #[error("upstream unreachable: {0}")]
     Upstream(#[source] BoxError),
+    #[error("upstream sent a malformed response: {0}")]
+    UpstreamMalformed(#[source] BoxError),
     #[error("upstream did not answer within {0:?}")]
     UpstreamTimeout(std::time::Duration),
     #[error(transparent)]
@@ -59,6 +61,7 @@ impl Error {
             Some(BodyError::Stalled(d)) => Error::BodyTimeout(d),
             Some(BodyError::TooLarge(max)) => Error::BodyTooLarge(max),
             Some(BodyError::Broken(why)) => Error::BodyBroken(why),
+            None if unparsable(&*e) => Error::UpstreamMalformed(e),
             None => Error::Upstream(e),
         }
     }
@@ -71,7 +74,9 @@ impl Error {
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Error::Upstream(_) | Error::UpstreamFraming(_) => StatusCode::BAD_GATEWAY,
+            Error::Upstream(_) | Error::UpstreamMalformed(_) | Error::UpstreamFraming(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             Error::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -99,6 +104,14 @@ impl Error {
         }
         rsp
     }
+}
+
+/// Whether hyper could not parse the upstream's response (a reachable
+/// upstream that spoke broken HTTP, not one that could not be reached).
+fn unparsable(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |err| err.source())
+        .filter_map(|err| err.downcast_ref::<hyper::Error>())
+        .any(|h| h.is_parse() || h.is_parse_status() || h.is_parse_too_large())
 }
 
 fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {

@@ -305,9 +305,11 @@ impl Paired {
         if framing::check_response(rsp.headers()).is_ok() {
             guard.done = true;
             // From its first HTTP/1.0 response on, hyper speaks HTTP/1.0 on a
-            // connection, which cannot frame a chunked upload: such a
-            // connection closes after this response instead of being lent.
-            let reusable = rsp.version() != Version::HTTP_10;
+            // connection, which cannot frame a chunked upload; after a 101
+            // (never asked for here: upgrades use the pool) it speaks
+            // nothing. Such a connection closes instead of being lent.
+            let reusable = rsp.version() != Version::HTTP_10
+                && rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
             self.put_back(reusable.then_some(sender));
         }
         rsp.extensions_mut().insert(capture);
