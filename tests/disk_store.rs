@@ -211,6 +211,47 @@ fn a_corrupt_or_foreign_file_is_refused_by_name_and_left_untouched() {
 }
 
 #[test]
+fn a_read_only_file_is_refused_at_startup_not_served_with_503s() {
+    use std::os::unix::fs::PermissionsExt;
+    let up = setter();
+    let first = start_disk(&up, "");
+    let (dir, config_path) = first.kill();
+    let db = dir.path().join("sessions.db");
+    // Only the database itself is write-protected: its lock and WAL files
+    // left by the first run stay writable for anyone.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let mode = if path == db { 0o444 } else { 0o666 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    // The directory stays writable (the lock file lives there); root writes
+    // any file, so as root the proxy runs as nobody.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .unwrap()
+        .stdout
+        == b"0\n";
+    let mut cmd = match root {
+        true => {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(support::binary());
+            c
+        }
+        false => std::process::Command::new(support::binary()),
+    };
+    cmd.arg("--config").arg(&config_path);
+    let (code, err) = support::expect_refusal(cmd);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("sessions.db") && err.contains("read-only"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_full_disk_gets_503_for_that_write_while_reads_and_the_file_stay_good() {
     let up = setter();
     let big = "x".repeat(3000);

@@ -280,9 +280,15 @@ pub fn check_file(path: &Path, env: &[(&str, &str)]) -> (i32, String) {
 /// Runs the proxy on `config_path` expecting it to refuse to start; returns
 /// (exit code, stderr). Panics if it is still running after 20 s.
 pub fn run_expecting_failure(config_path: &Path) -> (i32, String) {
-    let mut child = Command::new(binary())
-        .arg("--config")
-        .arg(config_path)
+    let mut cmd = Command::new(binary());
+    cmd.arg("--config").arg(config_path);
+    expect_refusal(cmd)
+}
+
+/// Runs `cmd` (the proxy, perhaps under a wrapper) expecting it to refuse
+/// to start; returns (exit code, stderr).
+pub fn expect_refusal(mut cmd: Command) -> (i32, String) {
+    let mut child = cmd
         .env_remove("SESSIONGATE_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -53,6 +53,13 @@ pub fn open_checked(options: &DiskOptions) -> Result<Connection, OpenError> {
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| unreadable(&e))?;
+    // SQLite quietly opens a write-protected file read-only; every session
+    // write would then fail (503) while the proxy looked healthy.
+    if conn.is_readonly("main").map_err(|e| unreadable(&e))? {
+        return Err(unreadable(
+            &"the file is read-only for this user; sessiongate must be able to write it",
+        ));
+    }
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| unreadable(&e))?;
     if exists {
