@@ -151,12 +151,12 @@ impl<S: Store> Proxy<S> {
     /// Applies a reloaded config. Settings that need a restart are not
     /// applied; the error names them and nothing changes.
     pub fn reload(&self, config: Config) -> Result<(), String> {
-        if Fixed::of(&config) != self.fixed {
-            return Err(
-                "listen, admin.listen, server.workers, tls, [store] and the session timeouts and caps need a restart; \
-                 the config was not applied"
-                    .to_owned(),
-            );
+        let changed = self.fixed.changed(&Fixed::of(&config));
+        if !changed.is_empty() {
+            return Err(format!(
+                "{} changed, which needs a restart; the config was not applied",
+                changed.join(", ")
+            ));
         }
         let old = self.settings.swap(Arc::new(Settings::new(config)));
         old.lender.retire();

@@ -149,9 +149,36 @@ fn sighup_reloads_the_config_without_dropping_connections_and_refuses_bad_files(
         .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"");
     std::fs::write(&proxy.config_path, with_listen).unwrap();
     proxy.signal("HUP");
-    proxy.wait_for_log(&["WARN", "reload refused", "restart"]);
+    proxy.wait_for_log(&[
+        "WARN",
+        "reload refused",
+        "listen changed, which needs a restart",
+    ]);
     let reply = conn.exchange("GET", &request("GET", "/", &[], b""));
     assert!(sets_cookie(&reply, "second"), "{:?}", reply.headers);
+
+    // Turning the admin API on by adding a token is not a restart matter.
+    let with_token = text
+        .replace("name = \"first\"", "name = \"fourth\"")
+        .replace(
+            "[admin]\n",
+            "[admin]\ntoken = \"admin-token-0123456789abcdef0123456789\"\n",
+        );
+    assert_ne!(
+        with_token,
+        text.replace("first", "fourth"),
+        "the token was added"
+    );
+    std::fs::write(&proxy.config_path, with_token).unwrap();
+    proxy.signal("HUP");
+    let applied = support::poll(std::time::Duration::from_secs(10), || {
+        let reply = conn.exchange("GET", &request("GET", "/", &[], b""));
+        sets_cookie(&reply, "fourth").then_some(())
+    });
+    assert!(
+        applied.is_some(),
+        "the reload with a new admin token applied"
+    );
 }
 
 /// Whether `reply` sets a cookie named `name`.

@@ -53,22 +53,41 @@ pub struct Settings {
     pub admin_token: Option<AdminToken>,
 }
 
-/// The parts of a config that need a restart to change, in a comparable form.
+/// The parts of a config that need a restart to change, each named and in
+/// a comparable form.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Fixed(String);
+pub struct Fixed(Vec<(&'static str, String)>);
 
 impl Fixed {
     pub fn of(config: &Config) -> Fixed {
-        Fixed(format!(
-            "listen={:?} workers={} admin={:?} tls={:?} store={:?} policy={:?} log={:?}",
-            config.listen,
-            config.server.workers,
-            config.admin,
-            config.tls,
-            config.store,
-            Policy::from_config(&config.session),
-            config.log_format
-        ))
+        let policy = Policy::from_config(&config.session);
+        Fixed(vec![
+            ("listen", format!("{:?}", config.listen)),
+            ("server.workers", config.server.workers.to_string()),
+            // The accept loop's connection slots are sized when it starts.
+            (
+                "server.max_connections",
+                config.server.max_connections.to_string(),
+            ),
+            ("admin.listen", format!("{:?}", config.admin.listen)),
+            ("[tls]", format!("{:?}", config.tls)),
+            ("[store]", format!("{:?}", config.store)),
+            ("session.idle_timeout", policy.idle_ms.to_string()),
+            ("session.absolute_timeout", policy.absolute_ms.to_string()),
+            ("session.max_bytes", policy.max_bytes.to_string()),
+            ("session.max_sessions", policy.max_sessions.to_string()),
+            ("log.format", format!("{:?}", config.log_format)),
+        ])
+    }
+
+    /// The names of the parts that differ between `self` and `other`.
+    pub fn changed(&self, other: &Fixed) -> Vec<&'static str> {
+        self.0
+            .iter()
+            .zip(&other.0)
+            .filter(|(a, b)| a != b)
+            .map(|((name, _), _)| *name)
+            .collect()
     }
 }
 
