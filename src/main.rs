@@ -82,10 +82,16 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Run) {
-        Command::Check => {
-            println!("{}: valid", cli.config.display());
-            ExitCode::SUCCESS
-        }
+        Command::Check => match sessiongate::server::preflight(&config) {
+            Ok(()) => {
+                println!("{}: valid", cli.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sessiongate: {e:#}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Command::Run => run(config),
         Command::Health => health(&config),
         Command::Sessions { action } => sessions(&config, action),

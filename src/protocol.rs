@@ -31,6 +31,86 @@ impl Default for HeaderPrefix {
     }
 }
 
+/// Header names a prefix must not match (it would strip them): the
+/// standard and widespread ones, lower-case.
+const STANDARD_NAMES: &[&str] = &[
+    "accept",
+    "accept-charset",
+    "accept-encoding",
+    "accept-language",
+    "accept-ranges",
+    "access-control-allow-credentials",
+    "access-control-allow-headers",
+    "access-control-allow-methods",
+    "access-control-allow-origin",
+    "access-control-expose-headers",
+    "access-control-max-age",
+    "access-control-request-headers",
+    "access-control-request-method",
+    "age",
+    "allow",
+    "alt-svc",
+    "authorization",
+    "cache-control",
+    "connection",
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "content-length",
+    "content-location",
+    "content-range",
+    "content-security-policy",
+    "content-type",
+    "cookie",
+    "date",
+    "etag",
+    "expect",
+    "expires",
+    "forwarded",
+    "from",
+    "host",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "keep-alive",
+    "last-modified",
+    "link",
+    "location",
+    "max-forwards",
+    "origin",
+    "pragma",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "range",
+    "referer",
+    "referrer-policy",
+    "retry-after",
+    "sec-fetch-dest",
+    "sec-fetch-mode",
+    "sec-fetch-site",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "server",
+    "set-cookie",
+    "strict-transport-security",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "user-agent",
+    "vary",
+    "via",
+    "www-authenticate",
+    "x-content-type-options",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-frame-options",
+    "x-real-ip",
+];
+
 impl HeaderPrefix {
     pub fn new(prefix: &str) -> Result<HeaderPrefix, String> {
         let valid = !prefix.is_empty()
@@ -45,6 +125,17 @@ impl HeaderPrefix {
             ));
         }
         let normalized = prefix.to_ascii_lowercase().replace('_', "-");
+        // Every header matching the prefix is stripped both ways: one that
+        // matches standard headers would eat `Cookie` or `Content-Type`.
+        if let Some(taken) = STANDARD_NAMES.iter().find(|n| {
+            **n == normalized
+                || n.strip_prefix(normalized.as_str())
+                    .is_some_and(|r| r.starts_with('-'))
+        }) {
+            return Err(format!(
+                "`{prefix}` would match the standard header `{taken}`, which would be stripped; use a prefix of your own, such as \"X-Session\""
+            ));
+        }
         let name = |suffix: &str| {
             HeaderName::try_from(format!("{normalized}-{suffix}")).expect("validated above")
         };

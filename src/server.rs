@@ -176,6 +176,25 @@ struct Listeners {
     admin: Option<TcpListener>,
 }
 
+/// What start-up would refuse beyond the config's own validation, short of
+/// binding ports and opening the store: for `sessiongate check`, so that a
+/// config it passes also starts. TLS material must load; the disk store's
+/// directory must exist.
+pub fn preflight(config: &Config) -> anyhow::Result<()> {
+    if let Some(tls) = &config.tls {
+        tls::acceptor(tls)?;
+    }
+    if let StoreConfig::Disk { path, .. } = &config.store {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir
+            && !dir.is_dir()
+        {
+            anyhow::bail!("store.path: the directory {} does not exist", dir.display());
+        }
+    }
+    Ok(())
+}
+
 async fn serve_with<S: Store>(
     listeners: Listeners,
     config: Config,

@@ -80,6 +80,10 @@ fn bad_values_name_the_key_and_what_is_accepted() {
         ),
         ("[log]\nformat = \"xml\"\n", &["log.format", "json"]),
         ("[admin]\nlisten = \"nowhere\"\n", &["admin.listen"]),
+        (
+            "[cookie]\nmax_age = 0\n",
+            &["cookie.max_age", "browser session"],
+        ),
     ];
     for (extra, expect) in cases {
         assert_refused(&format!("{GOOD}\n{extra}"), &[], expect);
@@ -90,6 +94,26 @@ fn bad_values_name_the_key_and_what_is_accepted() {
         &["upstream.url", "http://"],
     );
     assert_refused(&GOOD.replace("127.0.0.1:0", "localhost"), &[], &["listen"]);
+    for (prefix, taken) in [("Cookie", "`cookie`"), ("Content", "`content-")] {
+        let text = format!("header_prefix = \"{prefix}\"\n{GOOD}");
+        assert_refused(&text, &[], &["header_prefix", taken]);
+    }
+    for bad in [
+        "http://127.0.0.1:99999",
+        "http://:3000",
+        "http://127.0.0.1:0",
+    ] {
+        assert_refused(
+            &GOOD.replace("http://127.0.0.1:3000", bad),
+            &[],
+            &["upstream.url", bad],
+        );
+    }
+    assert_refused(
+        &(GOOD.replace("127.0.0.1:0", "127.0.0.1:8080") + "[admin]\nlisten = \"127.0.0.1:8080\"\n"),
+        &[],
+        &["admin.listen", "its own address"],
+    );
 }
 
 #[test]
@@ -137,4 +161,21 @@ fn the_proxy_refuses_to_start_on_a_bad_config_with_status_64() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn check_refuses_what_start_up_would_refuse() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "[tls]\ncert = \"/etc/passwd\"\nkey = \"/etc/passwd\"\n",
+            &["tls.cert", "/etc/passwd"],
+        ),
+        (
+            "[store]\nkind = \"disk\"\npath = \"/nonexistent-dir/sessions.db\"\n",
+            &["store.path", "/nonexistent-dir", "does not exist"],
+        ),
+    ];
+    for (extra, expect) in cases {
+        assert_refused(&format!("{GOOD}\n{extra}"), &[], expect);
+    }
 }

@@ -259,6 +259,22 @@ impl RawConfig {
             admin: validate_admin(self.admin)?,
             log_format,
         })
+        .and_then(|config| {
+            if config
+                .admin
+                .listen
+                .is_some_and(|a| a == config.listen && a.port() != 0)
+            {
+                return Err(key_error(
+                    "admin.listen",
+                    format!(
+                        "{} is also `listen`; the admin listener needs its own address",
+                        config.listen
+                    ),
+                ));
+            }
+            Ok(config)
+        })
     }
 }
 
@@ -345,7 +361,18 @@ fn validate_upstream(raw: Option<RawUpstream>) -> Result<UpstreamConfig, KeyErro
         .authority()
         .cloned()
         .ok_or_else(|| key_error("upstream.url", format!("`{url}`: {accepted}")))?;
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() || authority.as_str().contains('@')
+    // `Uri` takes any digits as a port, and an empty host.
+    let port = authority
+        .as_str()
+        .rsplit_once(':')
+        .map(|(_, port)| port)
+        .filter(|port| !port.contains(']'));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    if !matches!(uri.path(), "" | "/")
+        || uri.query().is_some()
+        || authority.as_str().contains('@')
+        || authority.host().is_empty()
+        || !port_ok
     {
         return Err(key_error("upstream.url", format!("`{url}`: {accepted}")));
     }
@@ -509,7 +536,15 @@ fn validate_cookie(raw: RawCookie) -> Result<CookieConfig, KeyError> {
         secure,
         http_only: raw.http_only.unwrap_or(true),
         same_site,
-        max_age: raw.max_age.map(|d| d.0),
+        max_age: match raw.max_age {
+            Some(RawDuration(d)) if d.is_zero() => {
+                return Err(key_error(
+                    "cookie.max_age",
+                    "0 would make browsers drop the cookie at once; leave it out for a cookie that lasts the browser session",
+                ));
+            }
+            max_age => max_age.map(|d| d.0),
+        },
         forward_to_upstream: raw.forward_to_upstream.unwrap_or(false),
     })
 }
