@@ -108,6 +108,7 @@ struct After {
 }
 
 /// Method and path of a request, for log lines (no query: it may hold secrets).
+#[derive(Clone)]
 struct Label {
     method: Method,
     /// Cheap to clone (shared bytes); only the path is ever logged.
@@ -427,9 +428,10 @@ impl<S: Store> Proxy<S> {
             idle: Some(s.upstream.timeout),
             max: None,
         };
+        let body = Filtered::new(body, s.prefix.clone(), limits).reporting_as(label.clone());
         Ok(Response::from_parts(
             parts,
-            http_body_util::Either::Left(Filtered::new(body, s.prefix.clone(), limits)),
+            http_body_util::Either::Left(body),
         ))
     }
 

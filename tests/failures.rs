@@ -110,3 +110,44 @@ fn connect_requests_are_refused() {
     assert_eq!(reply.status, 405);
     assert_eq!(up.count(), 0);
 }
+
+#[test]
+fn a_cut_or_stalled_upstream_body_is_logged_with_its_request() {
+    use std::io::{Read, Write};
+    // Promises 100 bytes, sends 4; then closes (/cut) or goes quiet (/stall).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut head = [0u8; 4096];
+                let n = stream.read(&mut head).unwrap_or(0);
+                let stall = String::from_utf8_lossy(&head[..n]).starts_with("GET /stall");
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabcd");
+                if stall {
+                    std::thread::sleep(Duration::from_secs(5));
+                }
+            });
+        }
+    });
+    let proxy = Proxy::start_with_env(&config(addr, ""), &[("SESSIONGATE_UPSTREAM_TIMEOUT", "1")]);
+    for path in ["/cut", "/stall"] {
+        let mut conn = Conn::open(proxy.addr);
+        conn.send(&request("GET", path, &[], b""));
+        assert!(
+            conn.read("GET").is_err(),
+            "{path}: the browser's response is cut short"
+        );
+        proxy.wait_for_log(&[
+            "WARN",
+            &format!("path={path}"),
+            "upstream response body failed",
+        ]);
+    }
+    assert_eq!(
+        support::admin::get(&proxy, "/healthz").status,
+        200,
+        "the proxy keeps serving"
+    );
+}

@@ -13,7 +13,9 @@ use http::header::SET_COOKIE;
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
+use tracing::warn;
 
+use super::Label;
 use crate::protocol::HeaderPrefix;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -44,6 +46,9 @@ pub struct Filtered<B> {
     limits: Limits,
     deadline: Option<Pin<Box<Sleep>>>,
     seen: u64,
+    /// Set on an upstream response's body: its failure is logged here,
+    /// where the request is known (hyper only ends the connection).
+    response_of: Option<Label>,
 }
 
 impl<B> Filtered<B> {
@@ -56,6 +61,21 @@ impl<B> Filtered<B> {
             // when first polled, and need no timer at all.
             deadline: None,
             seen: 0,
+            response_of: None,
+        }
+    }
+
+    /// Marks this as the upstream's response body to `label`'s request.
+    pub(super) fn reporting_as(mut self, label: Label) -> Self {
+        self.response_of = Some(label);
+        self
+    }
+
+    /// Logs a response body's failure: the browser gets a cut response.
+    fn report(&self, error: &BodyError) {
+        if let Some(label) = &self.response_of {
+            warn!(method = %label.method, path = %label.uri.path(), %error,
+                "upstream response body failed; the browser's response is cut short");
         }
     }
 }
@@ -80,7 +100,9 @@ where
                         .deadline
                         .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                     if deadline.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Some(Err(BodyError::Stalled(idle).into())));
+                        let stalled = BodyError::Stalled(idle);
+                        this.report(&stalled);
+                        return Poll::Ready(Some(Err(stalled.into())));
                     }
                 }
                 return Poll::Pending;
@@ -88,7 +110,9 @@ where
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Ready(Some(Err(e))) => {
                 let e: BoxError = e.into();
-                return Poll::Ready(Some(Err(BodyError::Broken(e.to_string()).into())));
+                let broken = BodyError::Broken(e.to_string());
+                this.report(&broken);
+                return Poll::Ready(Some(Err(broken.into())));
             }
             Poll::Ready(Some(Ok(frame))) => frame,
         };
