@@ -94,6 +94,11 @@ fn bad_values_name_the_key_and_what_is_accepted() {
         &["upstream.url", "http://"],
     );
     assert_refused(&GOOD.replace("127.0.0.1:0", "localhost"), &[], &["listen"]);
+    assert_refused(
+        &GOOD.replace("\"http://127.0.0.1:3000\"", "3000"),
+        &[],
+        &["upstream", "a URL such as"],
+    );
     for (prefix, taken) in [("Cookie", "`cookie`"), ("Content", "`content-")] {
         let text = format!("header_prefix = \"{prefix}\"\n{GOOD}");
         assert_refused(&text, &[], &["header_prefix", taken]);

@@ -87,7 +87,10 @@ pub struct RawConfig {
 
 /// `upstream = "http://host:port"` or an `[upstream]` table.
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a URL such as \"http://127.0.0.1:3000\", or an [upstream] table with url = ..."
+)]
 enum RawUpstream {
     Url(String),
     Table(RawUpstreamTable),
