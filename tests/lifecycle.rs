@@ -146,7 +146,7 @@ fn sighup_reloads_the_config_without_dropping_connections_and_refuses_bad_files(
     // So is a change that needs a restart.
     let with_listen = text
         .replace("name = \"first\"", "name = \"third\"")
-        .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"");
+        .replacen("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"", 1);
     std::fs::write(&proxy.config_path, with_listen).unwrap();
     proxy.signal("HUP");
     proxy.wait_for_log(&[
