@@ -87,10 +87,19 @@ fn an_upstream_response_with_both_framings_is_a_502_and_its_connection_is_droppe
     }
     });
     let proxy = Proxy::start(&config(up.addr, ""));
-    assert_eq!(proxy.browser().get("/fine").status, 200);
+    // One kept-alive browser connection, so no other browser connection
+    // can give an idle upstream connection back in between.
+    let mut conn = Conn::open(proxy.addr);
+    let mut get = |path: &str| conn.exchange("GET", &request("GET", path, &[], b"")).status;
+    assert_eq!(get("/fine"), 200);
+    assert_eq!(get("/both"), 502);
+    // Whichever upstream connection carried /both is gone: /after needs a new one.
     let before = up.connections.load(Ordering::SeqCst);
-    assert_eq!(proxy.browser().get("/both").status, 502);
-    assert_eq!(proxy.browser().get("/after").status, 200);
+    let mut conn = Conn::open(proxy.addr);
+    let after = conn
+        .exchange("GET", &request("GET", "/after", &[], b""))
+        .status;
+    assert_eq!(after, 200);
     assert_eq!(
         up.connections.load(Ordering::SeqCst),
         before + 1,

@@ -48,7 +48,9 @@ pub struct Filtered<B> {
     seen: u64,
     /// Set on an upstream response's body: its failure is logged here,
     /// where the request is known (hyper only ends the connection).
-    response_of: Option<Label>,
+    /// Boxed: a response body is moved through several layers, and most
+    /// are never reported.
+    response_of: Option<Box<Label>>,
 }
 
 impl<B> Filtered<B> {
@@ -67,7 +69,7 @@ impl<B> Filtered<B> {
 
     /// Marks this as the upstream's response body to `label`'s request.
     pub(super) fn reporting_as(mut self, label: Label) -> Self {
-        self.response_of = Some(label);
+        self.response_of = Some(Box::new(label));
         self
     }
 
