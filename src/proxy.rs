@@ -489,22 +489,29 @@ impl<S: Store> Proxy<S> {
             return Ok(unchanged);
         }
         let flushed = changes.flush;
-        let changes = match session.started {
-            true => changes.without_renewal(),
-            false => changes,
+        // A session this request started has an id nobody holds yet: it
+        // gets its new id (Rotate and Flush promise one) without the store
+        // marking the old one dead, so cookie-less logouts store nothing.
+        let (target, changes) = match session.started && changes.renews_id() {
+            true => (
+                Target {
+                    id: Id::random(),
+                    issued_ms: now_ms(),
+                },
+                changes.without_renewal(),
+            ),
+            false => (session.target, changes),
         };
         if changes.is_empty() {
             return Ok(After {
+                target,
                 changed: true,
                 flushed,
                 ..unchanged
             });
         }
         let started = std::time::Instant::now();
-        let applied = self
-            .store
-            .apply(&session.target, &changes, &session.origin)
-            .await;
+        let applied = self.store.apply(&target, &changes, &session.origin).await;
         self.metrics
             .store_latency
             .observe(started.elapsed().as_secs_f64());

@@ -223,10 +223,10 @@ impl Changes {
         self.flush || self.rotate
     }
 
-    /// These changes for a session the same request started: its id has
-    /// reached no one and it holds nothing, so Flush and Rotate have nothing
-    /// to clear or retire. Dropping them also keeps the store from marking
-    /// that id dead: a cookie-less flood of logouts must not grow the store.
+    /// These changes without Flush and Rotate, for a session the same
+    /// request started: it holds nothing to clear and its id reached no one,
+    /// so the caller picks the new id itself and the store marks nothing
+    /// dead (a cookie-less flood of logouts must not grow the store).
     pub fn without_renewal(self) -> Changes {
         Changes {
             flush: false,

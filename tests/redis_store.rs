@@ -89,8 +89,10 @@ fn cookie_less_logouts_and_logins_leave_nothing_in_redis() {
     browser.get("/login");
     let cookie = browser.cookie.clone().expect("the login sets the cookie");
     assert_eq!(up.last().header("x-session-new"), Some("1"));
+    let before_login = up.last().session_id().to_owned();
     browser.get("/");
     assert_eq!(up.last().session(), json!({"user": "alice"}));
+    assert_ne!(up.last().session_id(), before_login, "Rotate gave a new id");
     assert!(redis.dbsize() > 0);
     browser.get("/logout");
     let mut old = Browser::new(proxy.addr);
