@@ -21,8 +21,26 @@ fn setter() -> Upstream {
 
 #[test]
 fn an_idle_session_expires_and_its_cookie_starts_a_new_session() {
+    idle_expiry("");
+}
+
+#[test]
+fn an_idle_redis_session_slides_and_expires_with_the_default_touch_interval() {
+    // touch_interval (60 s by default) is far longer than the idle timeout:
+    // reads must still refresh the session often enough to keep it.
+    let redis = support::redis::RedisServer::start();
+    idle_expiry(&format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\n",
+        redis.url()
+    ));
+}
+
+fn idle_expiry(store: &str) {
     let up = setter();
-    let proxy = Proxy::start(&config(up.addr, "[session]\nidle_timeout = \"1s\"\n"));
+    let proxy = Proxy::start(&config(
+        up.addr,
+        &format!("[session]\nidle_timeout = \"1s\"\n{store}"),
+    ));
     let mut b = proxy.browser();
     b.get("/set");
     let id = up.last().session_id().to_owned();

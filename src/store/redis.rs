@@ -408,7 +408,9 @@ impl Store for RedisStore {
             .key(data)
             .key(marker)
             .arg(self.policy.idle_ms)
-            .arg(touch_ms.min(self.policy.idle_ms));
+            // At most a tenth of the idle timeout: a refresh interval as
+            // long as the timeout would let a session in steady use expire.
+            .arg(touch_ms.min(self.policy.idle_ms / 10));
         let reply: Vec<Vec<u8>> = self.run(&invocation).await?;
         match reply.first().map(Vec::as_slice) {
             Some(b"live") if reply.len() >= 2 => {
