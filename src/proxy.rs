@@ -603,13 +603,7 @@ fn origin(s: &Settings, headers: &HeaderMap, down: &Downstream) -> Origin {
     if !s.record_client {
         return Origin::default();
     }
-    // The client as the upstream sees it: the first trusted X-Forwarded-For
-    // entry was already resolved into the header the proxy set.
-    let client = headers
-        .get(forwarded::X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_owned())
+    let client = forwarded::client(headers, &s.trusted_proxies)
         .unwrap_or_else(|| down.peer.ip().to_string());
     // Bounded: a User-Agent is recorded, not a novel.
     let agent = headers

@@ -549,3 +549,29 @@ fn injected_headers_are_signed_and_the_readme_verifiers_accept_only_genuine_requ
         "a browser's own signature header is replaced"
     );
 }
+
+#[test]
+fn the_recorded_client_is_the_rightmost_address_no_trusted_proxy_vouches_for() {
+    let up = app();
+    for (trusted, client) in [
+        // The browser wrote 6.6.6.6 itself; 127.0.0.1 (trusted) says 10.0.0.5.
+        (r#"["127.0.0.1"]"#, "10.0.0.5"),
+        (r#"["127.0.0.1", "10.0.0.0/8"]"#, "6.6.6.6"),
+    ] {
+        let extra = format!("trusted_proxies = {trusted}\n[session]\nrecord_client = true\n");
+        let proxy = Proxy::start(&config(up.addr, &extra));
+        let mut b = Browser::new(proxy.addr);
+        b.request(
+            "GET",
+            "/set/k/1",
+            &[("X-Forwarded-For", "6.6.6.6, 10.0.0.5")],
+            b"",
+        );
+        b.get("/");
+        assert_eq!(
+            up.last().header("x-session-client"),
+            Some(client),
+            "{trusted}"
+        );
+    }
+}

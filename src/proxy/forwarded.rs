@@ -81,6 +81,29 @@ pub fn set(
     }
 }
 
+/// The client's address as far as trusted proxies vouch for it: the
+/// rightmost `X-Forwarded-For` entry that is not a trusted proxy (entries
+/// left of it were written by that client, so they prove nothing), or the
+/// leftmost if all are trusted. Read after [`set`] appended the peer.
+pub fn client(headers: &HeaderMap, trusted: &[IpNet]) -> Option<String> {
+    let is_trusted = |entry: &str| {
+        entry
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| trusted.iter().any(|net| net.contains(&ip)))
+    };
+    let mut leftmost = None;
+    for line in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+        let Ok(line) = line.to_str() else { continue };
+        for entry in line.rsplit(',').map(str::trim).filter(|e| !e.is_empty()) {
+            if !is_trusted(entry) {
+                return Some(entry.to_owned());
+            }
+            leftmost = Some(entry);
+        }
+    }
+    leftmost.map(str::to_owned)
+}
+
 /// The `X-Forwarded-For` values a trusted proxy sent, joined; `None` if none.
 fn chain(headers: &HeaderMap) -> Option<String> {
     let chain = headers
