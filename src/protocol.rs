@@ -109,6 +109,13 @@ const STANDARD_NAMES: &[&str] = &[
     "x-forwarded-proto",
     "x-frame-options",
     "x-real-ip",
+    "x-requested-with",
+    "sec-websocket-accept",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+    "sec-ch-ua",
+    "sec-ch-ua-mobile",
+    "sec-ch-ua-platform",
 ];
 
 impl HeaderPrefix {

@@ -42,6 +42,7 @@ fn smuggling_attempts_get_400_a_closed_connection_and_never_reach_the_upstream()
         ("space before the colon", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n"),
         ("two Hosts", b"POST / HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 0\r\n\r\n"),
         ("TE in HTTP/1.0", b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("CL.TE after empty lines", b"\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
         ("CL.TE with bare LF", b"POST / HTTP/1.1\nHost: x\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\r\n\r\n"),
     ];
     for (what, raw) in attempts {
@@ -267,10 +268,16 @@ fn a_garbled_upstream_response_is_a_502_and_the_proxy_keeps_serving() {
     proxy.wait_for_log(&["WARN", "status=502", "upstream sent a malformed response"]);
     assert_eq!(proxy.browser().get("/bare-cr").status, 502);
     let mut browser = proxy.browser();
+    assert_eq!(browser.get("/fine").status, 200);
+    assert!(browser.cookie.is_some(), "a session to apply operations to");
     assert_eq!(browser.get("/switch").status, 502);
     proxy.wait_for_log(&["WARN", "status=502", "101 Switching Protocols"]);
     assert_eq!(browser.get("/fine").status, 200);
-    assert_eq!(up.last().session(), json!({}));
+    assert_eq!(
+        up.last().session(),
+        json!({}),
+        "the 101's operation was not applied"
+    );
 }
 
 #[test]

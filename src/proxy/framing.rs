@@ -39,8 +39,9 @@ pub fn check_request(headers: &HeaderMap) -> Result<(), Refused> {
     if headers.get_all(HOST).iter().count() > 1 {
         return Err(Refused::Hosts);
     }
-    // hyper accepts repeated equal lengths (RFC 9110 section 8.6 allows
-    // either); refusing them keeps "one framing header" simple to state.
+    // Over HTTP/1 hyper keeps one of repeated equal lengths (RFC 9110
+    // section 8.6 allows that); HTTP/2 passes them all, and one framing
+    // header is what goes upstream.
     if headers.get_all(CONTENT_LENGTH).iter().count() > 1 {
         return Err(Refused::Lengths);
     }

@@ -60,24 +60,53 @@ pub fn settle_host(parts: &mut Parts, upstream: &Authority) -> Result<Option<Hea
 }
 
 /// Whether `host` can be a URI authority without userinfo (RFC 3986
-/// section 3.2: reg-name, IPv4 or bracketed IPv6, and a port). A byte
-/// check: the request's own head is not copied to parse it again, and the
-/// upstream gets the text as sent.
+/// section 3.2): a reg-name or IPv4 address, or a bracketed IPv6 literal,
+/// then an optional port of at most 65535. Checked on the bytes: the
+/// request's own head is not copied to parse it again, and the upstream
+/// gets the text as sent.
 fn is_host(host: &[u8]) -> bool {
-    host.iter().all(|&b| HOST_BYTES[b as usize])
+    let (name, port) = match host.strip_prefix(b"[") {
+        Some(literal) => {
+            let Some(close) = memchr::memchr(b']', literal) else {
+                return false;
+            };
+            let port = match &literal[close + 1..] {
+                [] => None,
+                [b':', port @ ..] => Some(port),
+                _ => return false,
+            };
+            let ipv6 = &literal[..close];
+            let valid = ipv6
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || b":.".contains(b));
+            (if valid { ipv6 } else { &b""[..] }, port)
+        }
+        None => match memchr::memrchr(b':', host) {
+            Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
+            None => (host, None),
+        },
+    };
+    let port_ok = port.is_none_or(|p| {
+        p.iter().all(u8::is_ascii_digit) && (p.is_empty() || p.len() <= 5 && atoi(p) <= 65535)
+    });
+    let name_ok = host.first() == Some(&b'[') || name.iter().all(|&b| REG_NAME[b as usize]);
+    !name.is_empty() && port_ok && name_ok
 }
 
-/// The bytes of an authority without userinfo, as a table: this runs on
-/// every request.
-const HOST_BYTES: [bool; 256] = {
+fn atoi(digits: &[u8]) -> u32 {
+    digits.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0'))
+}
+
+/// The bytes of a reg-name or IPv4 address (unreserved, sub-delims and
+/// percent-escapes), as a table: this runs on every request.
+const REG_NAME: [bool; 256] = {
     let mut table = [false; 256];
     let mut b = 0;
     while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric();
+        table[b] = (b as u8).is_ascii_alphanumeric();
         b += 1;
     }
-    let others = b"-._~!$&'()*+,;=:[]%";
+    let others = b"-._~!$&'()*+,;=%";
     let mut i = 0;
     while i < others.len() {
         table[others[i] as usize] = true;
@@ -123,7 +152,21 @@ mod tests {
             settle_host(&mut p, &upstream).unwrap().unwrap(),
             "a.example:8080"
         );
-        for bad in ["a b", "evil@a", "a/b"] {
+        for good in [
+            "a",
+            "a:8080",
+            "a:",
+            "[::1]",
+            "[::1]:3000",
+            "10.0.0.1:80",
+            "xn--bcher-kva.example",
+        ] {
+            let mut p = parts("/x", Some(good), Version::HTTP_11);
+            assert!(settle_host(&mut p, &upstream).is_ok(), "{good}");
+        }
+        for bad in [
+            "a b", "evil@a", "a/b", "a:abc", "a:99999", ":80", "[::1", "[::1]x", "[zz]", "a]",
+        ] {
             let mut p = parts("/x", Some(bad), Version::HTTP_11);
             assert!(settle_host(&mut p, &upstream).is_err(), "{bad}");
         }

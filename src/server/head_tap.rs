@@ -6,9 +6,12 @@
 //! The tap sits above TLS (it sees plaintext) and looks at bytes only
 //! while a head is arriving after the connection was idle. A head that
 //! arrives in one read is checked in place; one split over reads is copied
-//! first. Its blank line may end in `\r\n` or a bare `\n` (hyper accepts both). The verdict waits in the connection's `Activity` for the proxy. A request pipelined behind another is not
-//! copied; the proxy re-frames every body itself, so such a request cannot
-//! desynchronise the upstream, it only escapes the stricter refusal.
+//! first. Its blank line may end in `\r\n` or a bare `\n` (hyper accepts
+//! both), and empty lines before the request line are skipped, as hyper
+//! skips them. The verdict waits in the connection's `Activity` for the
+//! proxy. A request pipelined behind another is not copied; the proxy
+//! re-frames every body itself, so such a request cannot desynchronise the
+//! upstream, it only escapes the stricter refusal.
 
 use std::io;
 use std::pin::Pin;
@@ -42,6 +45,15 @@ impl<T> HeadTap<T> {
     fn tap(&mut self, bytes: &[u8]) {
         let Some(copy) = self.copy.as_mut() else {
             return;
+        };
+        // hyper skips empty lines before a request line; so must we, or the
+        // first of them would pass for the blank line ending the head.
+        let bytes = match copy.is_empty() {
+            true => {
+                let start = bytes.iter().position(|b| !matches!(b, b'\r' | b'\n'));
+                &bytes[start.unwrap_or(bytes.len())..]
+            }
+            false => bytes,
         };
         if bytes.is_empty() {
             return;
