@@ -135,6 +135,10 @@ pub fn apply_overrides(
         })?;
         set(table, section, key, value);
         let path = match section {
+            // Over an `[upstream]` table the shorthand set only its url.
+            "" if key == "upstream" && table.get(key).is_some_and(toml::Value::is_table) => {
+                "upstream.url".to_owned()
+            }
             "" => key.to_owned(),
             _ => format!("{section}.{key}"),
         };
@@ -143,20 +147,21 @@ pub fn apply_overrides(
     Ok(overridden)
 }
 
-/// The variable behind the value a config error names, if one set it. An
-/// error may name the key itself, a part of it, or its whole section
-/// (`secret` for `SESSIONGATE_SECRET_VALUE`).
+/// The variable behind the value a config error names, if one set it: the
+/// error's key is the variable's key or a part of it (`upstream.url` for
+/// `SESSIONGATE_UPSTREAM`, `secret.previous[1]` for
+/// `SESSIONGATE_SECRET_PREVIOUS`).
 pub fn source_of<'a>(overridden: &'a Overridden, key: &str) -> Option<&'a str> {
-    let within = |outer: &str, inner: &str| {
-        inner == outer
-            || inner
-                .strip_prefix(outer)
+    let within = |path: &str| {
+        key == path
+            || key
+                .strip_prefix(path)
                 .is_some_and(|r| r.starts_with(['.', '[']))
     };
     overridden
         .iter()
         .rev()
-        .find(|(path, _)| within(path, key) || within(key, path))
+        .find(|(path, _)| within(path))
         .map(|(_, var)| var.as_str())
 }
 
@@ -312,7 +317,33 @@ mod tests {
                 "{err}"
             );
         }
-        // A wrong value in the file is still the file's.
+        // A wrong value in the file is still the file's, even beside a
+        // variable of the same section.
+        let text = "upstream = \"http://127.0.0.1:3000\"\n[secret]\nvalue = \"short\"\n";
+        let vars = [(
+            "SESSIONGATE_SECRET_PREVIOUS".to_owned(),
+            "0123456789abcdef0123456789abcdef".to_owned(),
+        )];
+        let err = Config::parse(Path::new("t.toml"), text, vars)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config file t.toml: key `secret.value`"),
+            "{err}"
+        );
+        let text = "[upstream]\nurl = \"http://127.0.0.1:3000\"\ntimeout = \"bogus\"\n\
+                    [secret]\nvalue = \"0123456789abcdef0123456789abcdef\"\n";
+        let vars = [(
+            "SESSIONGATE_UPSTREAM".to_owned(),
+            "http://127.0.0.1:4000".to_owned(),
+        )];
+        let err = Config::parse(Path::new("t.toml"), text, vars)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config file t.toml: key `upstream.timeout`"),
+            "{err}"
+        );
         let text = "upstream = \"http://127.0.0.1:3000\"\nlisten = \"nope\"\n\
                     [secret]\nvalue = \"0123456789abcdef0123456789abcdef\"\n";
         let vars = [("SESSIONGATE_COOKIE_SECURE".to_owned(), "false".to_owned())];

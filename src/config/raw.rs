@@ -86,14 +86,40 @@ pub struct RawConfig {
 }
 
 /// `upstream = "http://host:port"` or an `[upstream]` table.
-#[derive(Deserialize)]
-#[serde(
-    untagged,
-    expecting = "a URL such as \"http://127.0.0.1:3000\", or an [upstream] table with url = ..."
-)]
 enum RawUpstream {
     Url(String),
     Table(RawUpstreamTable),
+}
+
+/// By hand rather than `#[serde(untagged)]`: an untagged enum reports any
+/// error inside the table as "matched no variant" at `upstream`, hiding
+/// which key (`upstream.timeout`) was wrong and why.
+impl<'de> Deserialize<'de> for RawUpstream {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = RawUpstream;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a URL such as \"http://127.0.0.1:3000\", or an [upstream] table")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, url: &str) -> Result<RawUpstream, E> {
+                Ok(RawUpstream::Url(url.to_owned()))
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                map: M,
+            ) -> Result<RawUpstream, M::Error> {
+                let table = RawUpstreamTable::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(RawUpstream::Table(table))
+            }
+        }
+        deserializer.deserialize_any(Either)
+    }
 }
 
 #[derive(Deserialize)]
@@ -421,18 +447,24 @@ fn positive(
 }
 
 fn validate_secret(raw: RawSecret) -> Result<Secrets, KeyError> {
-    let current = match (raw.value, raw.env, raw.file) {
-        (Some(value), None, None) => value,
-        (None, Some(var), None) => std::env::var(&var).map_err(|_| {
-            key_error(
-                "secret.env",
-                format!("environment variable `{var}` is not set or not UTF-8"),
-            )
-        })?,
-        (None, None, Some(file)) => std::fs::read_to_string(&file)
-            .map_err(|e| key_error("secret.file", format!("cannot read `{file}`: {e}")))?
-            .trim_end_matches(['\r', '\n'])
-            .to_owned(),
+    let (current, source) = match (raw.value, raw.env, raw.file) {
+        (Some(value), None, None) => (value, "secret.value"),
+        (None, Some(var), None) => {
+            let value = std::env::var(&var).map_err(|_| {
+                key_error(
+                    "secret.env",
+                    format!("environment variable `{var}` is not set or not UTF-8"),
+                )
+            })?;
+            (value, "secret.env")
+        }
+        (None, None, Some(file)) => {
+            let value = std::fs::read_to_string(&file)
+                .map_err(|e| key_error("secret.file", format!("cannot read `{file}`: {e}")))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned();
+            (value, "secret.file")
+        }
         (None, None, None) => {
             return Err(key_error(
                 "secret",
@@ -446,7 +478,7 @@ fn validate_secret(raw: RawSecret) -> Result<Secrets, KeyError> {
             ));
         }
     };
-    let current = secret_key("secret", current)?;
+    let current = secret_key(source, current)?;
     let previous = raw
         .previous
         .into_iter()
