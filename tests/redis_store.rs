@@ -265,3 +265,20 @@ fn a_rediss_url_speaks_tls_and_a_failed_handshake_is_a_503_not_a_crash() {
         "requests that need no store still pass"
     );
 }
+
+#[test]
+fn the_first_request_after_a_redis_restart_is_served() {
+    let mut redis = RedisServer::start_durable();
+    let up = scripted();
+    let proxy = replica(&up, &redis, "");
+    let mut browser = proxy.browser();
+    assert_eq!(browser.get("/set/k/1").status, 200);
+    // Restarted while the proxy was idle: its connection is dead but it
+    // does not know yet. The first call meets that and goes again.
+    redis.kill();
+    redis.restart();
+    assert_eq!(browser.get("/set/j/2").status, 200);
+    browser.get("/");
+    assert_eq!(up.last().session(), json!({"k": 1, "j": 2}));
+    assert_eq!(support::admin::get(&proxy, "/readyz").status, 200);
+}

@@ -144,7 +144,13 @@ impl RedisStore {
         format!("{}u:{{{tag}}}", self.options.key_prefix)
     }
 
-    /// Runs a script invocation under the store's deadline.
+    /// Runs one script under the store's deadline. On a single server a
+    /// call that meets a dropped connection is sent once more: after a
+    /// Redis restart each replica's first call hits the old, dead socket
+    /// (the manager reconnects for the next). A script sent on a dead
+    /// socket never ran; one whose reply was lost runs twice, which every
+    /// script tolerates: edits repeat, and a repeated Rotate or Flush finds
+    /// the id moved or gone, as after a parallel request.
     async fn run<T: redis::FromRedisValue>(
         &self,
         invocation: &ScriptInvocation<'_>,
@@ -152,7 +158,12 @@ impl RedisStore {
         let call = async {
             match &self.connection {
                 Connection::Standalone(manager) => {
-                    invocation.invoke_async(&mut manager.clone()).await
+                    match invocation.invoke_async(&mut manager.clone()).await {
+                        Err(e) if e.is_connection_dropped() => {
+                            invocation.invoke_async(&mut manager.clone()).await
+                        }
+                        done => done,
+                    }
                 }
                 Connection::Cluster(cluster) => {
                     let (client, cell) = &**cluster;
@@ -166,11 +177,18 @@ impl RedisStore {
         deadline(self.options.timeout, call).await
     }
 
-    /// Runs one command under the store's deadline.
+    /// Runs one command under the store's deadline, retried as [`Self::run`].
     async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Error> {
         let call = async {
             match &self.connection {
-                Connection::Standalone(manager) => cmd.query_async(&mut manager.clone()).await,
+                Connection::Standalone(manager) => {
+                    match cmd.query_async(&mut manager.clone()).await {
+                        Err(e) if e.is_connection_dropped() => {
+                            cmd.query_async(&mut manager.clone()).await
+                        }
+                        done => done,
+                    }
+                }
                 Connection::Cluster(cluster) => {
                     let (client, cell) = &**cluster;
                     let conn = cell
