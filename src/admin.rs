@@ -107,11 +107,14 @@ async fn sessions<S: Store>(req: &Request<Incoming>, proxy: &Proxy<S>) -> Respon
             "the session admin API is off (set admin.token)\n",
         );
     };
+    // The scheme is case-insensitive (RFC 9110 section 11.1).
     let offered = req
         .headers()
         .get(AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .unwrap_or_default();
+        .map(HeaderValue::as_bytes)
+        .and_then(|v| v.split_at_checked(7))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(b"Bearer "))
+        .map_or(&b""[..], |(_, token)| token);
     if !token.matches(offered) {
         let mut rsp = text(
             StatusCode::UNAUTHORIZED,
@@ -156,7 +159,9 @@ async fn sessions<S: Store>(req: &Request<Incoming>, proxy: &Proxy<S>) -> Respon
     match result {
         Ok(body) => {
             if req.method() == Method::DELETE {
-                info!(path, revoked = %body["revoked"], "sessions revoked through the admin API");
+                let revoked = body["revoked"].as_u64().unwrap_or(0);
+                proxy.metrics().session_event("revoked", revoked);
+                info!(path, revoked, "sessions revoked through the admin API");
             }
             let mut rsp = Response::new(Full::new(Bytes::from(body.to_string())));
             rsp.headers_mut()

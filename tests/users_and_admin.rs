@@ -186,6 +186,15 @@ fn admin_api(kind: Kind) {
         "user is required"
     );
 
+    // The scheme is case-insensitive.
+    let lower = format!("bearer {TOKEN}");
+    let headers = [("Connection", "close"), ("Authorization", lower.as_str())];
+    let reply = Conn::open(proxy.admin.unwrap()).exchange(
+        "GET",
+        &request("GET", "/sessions?user=alice", &headers, b""),
+    );
+    assert_eq!(reply.status, 200, "a lower-case `bearer`");
+
     let (status, listed) = admin(&proxy, "GET", "/sessions?user=alice", Some(TOKEN));
     assert_eq!(status, 200, "{kind:?}");
     let sessions = listed["sessions"].as_array().unwrap();
@@ -238,6 +247,8 @@ fn admin_api(kind: Kind) {
         _ => assert_eq!(count, json!({"sessions": 1}), "{kind:?}: bob's"),
     }
     proxy.wait_for_log(&["sessions revoked through the admin API"]);
+    let revoked = support::admin::metric(&proxy, "sessiongate_sessions_total{event=\"revoked\"}");
+    assert_eq!(revoked, 2.0, "{kind:?}: both admin revocations are counted");
 }
 
 #[test]
