@@ -76,10 +76,13 @@ fn is_host(host: &[u8]) -> bool {
                 _ => return false,
             };
             let ipv6 = &literal[..close];
-            let valid = ipv6
+            if !ipv6
                 .iter()
-                .all(|b| b.is_ascii_hexdigit() || b":.".contains(b));
-            (if valid { ipv6 } else { &b""[..] }, port)
+                .all(|b| b.is_ascii_hexdigit() || b":.".contains(b))
+            {
+                return false;
+            }
+            (ipv6, port)
         }
         None => match memchr::memrchr(b':', host) {
             Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
