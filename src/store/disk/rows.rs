@@ -290,8 +290,10 @@ fn put_dead(
 }
 
 /// What ending a live row writes: a tombstone until the id's absolute
-/// deadline (`?3`), bound to nobody, pointing nowhere.
-const END: &str = "data = NULL, user = NULL, successor = NULL, successor_issued = NULL, expires_ms = issued_ms + ?3";
+/// deadline (`?3`), bound to nobody, pointing nowhere, and no longer
+/// recording where the session came from.
+const END: &str = "data = NULL, user = NULL, successor = NULL, successor_issued = NULL, \
+                   client = NULL, agent = NULL, expires_ms = issued_ms + ?3";
 
 /// Turns the live sessions of `user` (but `keep`) into tombstones;
 /// returns their ids (for the read cache).
@@ -312,7 +314,8 @@ pub fn revoke_user(
 /// their ids (for the read cache).
 pub fn expire(tx: &Connection, now: u64, policy: &Policy) -> rusqlite::Result<Vec<Id>> {
     let mut stmt = tx.prepare_cached(
-        "UPDATE sessions SET data = NULL, user = NULL, successor = NULL, successor_issued = NULL, expires_ms = issued_ms + ?2 \
+        "UPDATE sessions SET data = NULL, user = NULL, successor = NULL, successor_issued = NULL, \
+         client = NULL, agent = NULL, expires_ms = issued_ms + ?2 \
          WHERE data IS NOT NULL AND expires_ms <= ?1 RETURNING id",
     )?;
     ids(stmt.query(params![now as i64, policy.absolute_ms as i64])?)

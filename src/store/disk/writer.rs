@@ -445,4 +445,56 @@ mod tests {
             .is_some_and(|e| !policy.is_expired(e.issued_ms, e.meta.last_seen_ms, now_ms()));
         assert!(!cached_live, "the file says ended, so must the cache");
     }
+
+    /// A tombstone keeps no record of where its session came from.
+    #[test]
+    fn ending_a_session_forgets_its_client_and_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy {
+            idle_ms: 50,
+            absolute_ms: 3_600_000,
+            max_bytes: 4096,
+            max_sessions: 100,
+        };
+        let mut state = state(dir.path(), policy);
+        let user = crate::session::UserId::parse("alice").unwrap();
+        let origin = Origin {
+            client: Some("203.0.113.9".into()),
+            agent: Some("Browser/1.0".into()),
+        };
+        let (expiring, revoked) = (Id::random(), Id::random());
+        for (id, bind) in [(expiring, None), (revoked, Some(user.clone()))] {
+            let (reply, _answer) = oneshot::channel();
+            let changes = Changes {
+                edits: vec![Edit::Set(Key::parse("a").unwrap(), 1.into())],
+                user: bind,
+                ..Changes::default()
+            };
+            let target = Target {
+                id,
+                issued_ms: now_ms(),
+            };
+            state.commit_batch(vec![Job::Apply {
+                target,
+                changes,
+                origin: origin.clone(),
+                reply,
+            }]);
+        }
+        rows::revoke_user(&state.conn, &user, None, &policy).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(80));
+        let (reply, _answer) = oneshot::channel();
+        state.commit_batch(vec![Job::Sweep { reply }]);
+        for id in [expiring, revoked] {
+            let (data, client, agent): (Option<Vec<u8>>, Option<String>, Option<String>) = state
+                .conn
+                .query_row(
+                    "SELECT data, client, agent FROM sessions WHERE id = ?1",
+                    [id.as_bytes().as_slice()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .unwrap();
+            assert_eq!((data, client, agent), (None, None, None));
+        }
+    }
 }
