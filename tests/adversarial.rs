@@ -305,10 +305,7 @@ fn malformed_targets_and_hosts_get_400_and_never_reach_the_upstream() {
         ),
     ];
     for (what, raw) in attempts {
-        let mut conn = Conn::open(proxy.addr);
-        conn.send(raw);
-        let reply = conn.read("GET").unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert_eq!(reply.status, 400, "{what}");
+        assert_refused_and_closed(&proxy, raw, what);
     }
     assert_eq!(up.count(), 0, "reached the upstream: {:?}", up.requests());
     let mut conn = Conn::open(proxy.addr);

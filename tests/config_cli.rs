@@ -29,6 +29,13 @@ fn the_shipped_example_configs_pass_check() {
     }
 }
 
+/// Each (extra TOML after `GOOD`, parts of the expected message) is refused.
+fn assert_each_refused(cases: &[(&str, &[&str])]) {
+    for (extra, expect) in cases {
+        assert_refused(&format!("{GOOD}\n{extra}"), &[], expect);
+    }
+}
+
 fn assert_refused(text: &str, env: &[(&str, &str)], expect: &[&str]) {
     let (code, err) = check(text, env);
     assert_eq!(code, 64, "accepted: {text}");
@@ -85,9 +92,7 @@ fn bad_values_name_the_key_and_what_is_accepted() {
             &["cookie.max_age", "browser session"],
         ),
     ];
-    for (extra, expect) in cases {
-        assert_refused(&format!("{GOOD}\n{extra}"), &[], expect);
-    }
+    assert_each_refused(cases);
     assert_refused(
         &GOOD.replace("http://127.0.0.1:3000", "ftp://x"),
         &[],
@@ -180,7 +185,5 @@ fn check_refuses_what_start_up_would_refuse() {
             &["store.path", "/nonexistent-dir", "does not exist"],
         ),
     ];
-    for (extra, expect) in cases {
-        assert_refused(&format!("{GOOD}\n{extra}"), &[], expect);
-    }
+    assert_each_refused(cases);
 }

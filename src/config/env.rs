@@ -237,8 +237,17 @@ mod tests {
     "#;
 
     fn parse(vars: &[(&str, &str)]) -> Result<Config, Error> {
+        parse_text(BASE, vars)
+    }
+
+    fn parse_text(text: &str, vars: &[(&str, &str)]) -> Result<Config, Error> {
         let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        Config::parse(Path::new("test.toml"), BASE, vars)
+        Config::parse(Path::new("t.toml"), text, vars)
+    }
+
+    /// The message of the error `text` and `vars` give.
+    fn error_of(text: &str, vars: &[(&str, &str)]) -> String {
+        parse_text(text, vars).unwrap_err().to_string()
     }
 
     #[test]
@@ -283,22 +292,24 @@ mod tests {
     #[test]
     fn a_secret_from_the_environment_replaces_the_files_secret_source() {
         let text = "upstream = \"http://127.0.0.1:3000\"\n[secret]\nenv = \"UNSET_VARIABLE_XYZ\"\n";
-        let vars = [(
-            "SESSIONGATE_SECRET_VALUE".to_owned(),
-            "0123456789abcdef0123456789abcdef".to_owned(),
-        )];
-        assert!(Config::parse(Path::new("t.toml"), text, vars).is_ok());
+        assert!(
+            parse_text(
+                text,
+                &[(
+                    "SESSIONGATE_SECRET_VALUE",
+                    "0123456789abcdef0123456789abcdef"
+                )]
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn the_upstream_shorthand_over_an_upstream_table_replaces_only_its_url() {
         let text = "[upstream]\nurl = \"http://127.0.0.1:3000\"\ntimeout = \"1s\"\n\
                     [secret]\nvalue = \"0123456789abcdef0123456789abcdef\"\n";
-        let vars = [(
-            "SESSIONGATE_UPSTREAM".to_owned(),
-            "http://127.0.0.1:4000".to_owned(),
-        )];
-        let config = Config::parse(Path::new("t.toml"), text, vars).unwrap();
+        let config =
+            parse_text(text, &[("SESSIONGATE_UPSTREAM", "http://127.0.0.1:4000")]).unwrap();
         assert_eq!(config.upstream.authority.as_str(), "127.0.0.1:4000");
         assert_eq!(config.upstream.timeout.as_secs(), 1);
     }
@@ -320,36 +331,27 @@ mod tests {
         // A wrong value in the file is still the file's, even beside a
         // variable of the same section.
         let text = "upstream = \"http://127.0.0.1:3000\"\n[secret]\nvalue = \"short\"\n";
-        let vars = [(
-            "SESSIONGATE_SECRET_PREVIOUS".to_owned(),
-            "0123456789abcdef0123456789abcdef".to_owned(),
-        )];
-        let err = Config::parse(Path::new("t.toml"), text, vars)
-            .unwrap_err()
-            .to_string();
+        let err = error_of(
+            text,
+            &[(
+                "SESSIONGATE_SECRET_PREVIOUS",
+                "0123456789abcdef0123456789abcdef",
+            )],
+        );
         assert!(
             err.starts_with("config file t.toml: key `secret.value`"),
             "{err}"
         );
         let text = "[upstream]\nurl = \"http://127.0.0.1:3000\"\ntimeout = \"bogus\"\n\
                     [secret]\nvalue = \"0123456789abcdef0123456789abcdef\"\n";
-        let vars = [(
-            "SESSIONGATE_UPSTREAM".to_owned(),
-            "http://127.0.0.1:4000".to_owned(),
-        )];
-        let err = Config::parse(Path::new("t.toml"), text, vars)
-            .unwrap_err()
-            .to_string();
+        let err = error_of(text, &[("SESSIONGATE_UPSTREAM", "http://127.0.0.1:4000")]);
         assert!(
             err.starts_with("config file t.toml: key `upstream.timeout`"),
             "{err}"
         );
         let text = "upstream = \"http://127.0.0.1:3000\"\nlisten = \"nope\"\n\
                     [secret]\nvalue = \"0123456789abcdef0123456789abcdef\"\n";
-        let vars = [("SESSIONGATE_COOKIE_SECURE".to_owned(), "false".to_owned())];
-        let err = Config::parse(Path::new("t.toml"), text, vars)
-            .unwrap_err()
-            .to_string();
+        let err = error_of(text, &[("SESSIONGATE_COOKIE_SECURE", "false")]);
         assert!(err.starts_with("config file t.toml: key `listen`"), "{err}");
     }
 

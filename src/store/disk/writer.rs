@@ -401,18 +401,23 @@ mod tests {
         }
     }
 
+    /// Sessions that go idle within a test: after 50 ms.
+    fn short_idle() -> Policy {
+        Policy {
+            idle_ms: 50,
+            absolute_ms: 3_600_000,
+            max_bytes: 4096,
+            max_sessions: 100,
+        }
+    }
+
     /// A read just before the idle deadline queues a touch; if the sweep
     /// ends the session first (both in one batch), the touch finds a
     /// tombstone and must not make the cached entry live again.
     #[test]
     fn a_touch_behind_the_sweep_does_not_revive_the_cached_session() {
         let dir = tempfile::tempdir().unwrap();
-        let policy = Policy {
-            idle_ms: 50,
-            absolute_ms: 3_600_000,
-            max_bytes: 4096,
-            max_sessions: 100,
-        };
+        let policy = short_idle();
         let mut state = state(dir.path(), policy);
         let target = Target {
             id: Id::random(),
@@ -450,12 +455,7 @@ mod tests {
     #[test]
     fn ending_a_session_forgets_its_client_and_agent() {
         let dir = tempfile::tempdir().unwrap();
-        let policy = Policy {
-            idle_ms: 50,
-            absolute_ms: 3_600_000,
-            max_bytes: 4096,
-            max_sessions: 100,
-        };
+        let policy = short_idle();
         let mut state = state(dir.path(), policy);
         let user = crate::session::UserId::parse("alice").unwrap();
         let origin = Origin {
