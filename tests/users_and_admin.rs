@@ -266,6 +266,53 @@ fn the_admin_api_works_on_the_redis_store() {
     admin_api(Kind::Redis);
 }
 
+/// Last-seen is the previous visit's time on every store, also once the
+/// absolute deadline is nearer than the idle timeout (Redis once derived it
+/// from the TTL, which that deadline caps: it read an hour early here).
+fn last_seen_near_the_absolute_deadline(kind: Kind) {
+    let up = app();
+    let session = "[session]\nidle_timeout = \"1h\"\nabsolute_timeout = \"30s\"\n";
+    let (_redis, proxy) = proxy(&up, kind, session);
+    let before = sessiongate::session::now_ms();
+    let mut b = logged_in(&proxy, "alice");
+    b.get("/");
+    let injected: u64 = up
+        .last()
+        .header("x-session-last-seen")
+        .expect("a stored session has a last-seen time")
+        .parse()
+        .unwrap();
+    let after = sessiongate::session::now_ms();
+    assert!(
+        (before / 1000..=after / 1000).contains(&injected),
+        "{kind:?}: last seen {injected}, expected between {} and {}",
+        before / 1000,
+        after / 1000
+    );
+    let (status, listed) = admin(&proxy, "GET", "/sessions?user=alice", Some(TOKEN));
+    assert_eq!(status, 200);
+    let listed_ms = listed["sessions"][0]["last_seen_ms"].as_u64().unwrap();
+    assert!(
+        (before..=sessiongate::session::now_ms()).contains(&listed_ms),
+        "{kind:?}: admin API's last_seen_ms {listed_ms}, the session was seen after {before}"
+    );
+}
+
+#[test]
+fn last_seen_near_the_absolute_deadline_on_the_memory_store() {
+    last_seen_near_the_absolute_deadline(Kind::Memory);
+}
+
+#[test]
+fn last_seen_near_the_absolute_deadline_on_the_disk_store() {
+    last_seen_near_the_absolute_deadline(Kind::Disk);
+}
+
+#[test]
+fn last_seen_near_the_absolute_deadline_on_the_redis_store() {
+    last_seen_near_the_absolute_deadline(Kind::Redis);
+}
+
 #[test]
 fn the_admin_api_is_off_without_a_token() {
     let up = app();

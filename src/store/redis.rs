@@ -14,7 +14,9 @@
 //! with the same first two characters, so the script never crosses slots.
 //!
 //! Metadata lives in the same hash under fields starting with `#` (never a
-//! valid session key): `#user`, `#created`, `#client`, `#agent`. Each user
+//! valid session key): `#user`, `#created`, `#client`, `#agent`, and
+//! `#seen` (written with each TTL refresh and change: the TTL alone cannot
+//! date the last visit once the absolute deadline caps it). Each user
 //! has a set of session ids (`<prefix>u:{<hash of user>}`, its own slot),
 //! maintained after each change and cleaned lazily of expired members.
 //!
@@ -239,7 +241,8 @@ impl RedisStore {
             .arg(changes.user.as_ref().map_or("", UserId::as_str))
             .arg(if changes.flush { now } else { target.issued_ms })
             .arg(origin.client.as_deref().unwrap_or(""))
-            .arg(origin.agent.as_deref().unwrap_or(""));
+            .arg(origin.agent.as_deref().unwrap_or(""))
+            .arg(now);
         for edit in &changes.edits {
             match edit {
                 Edit::Set(key, value) => invocation
@@ -325,13 +328,17 @@ impl RedisStore {
         Ok(killed == 1)
     }
 
-    /// The last time a session was seen, from how much of its idle TTL is left.
-    fn seen_from_ttl(&self, pttl: i64, now: u64) -> u64 {
-        let used = self
-            .policy
-            .idle_ms
-            .saturating_sub(u64::try_from(pttl).unwrap_or(0));
-        now.saturating_sub(used)
+    /// The last time a session was seen: its `#seen` field, or for a
+    /// session written before that field existed, how much of its idle TTL
+    /// is left (which reads early once the absolute deadline caps the TTL).
+    fn last_seen(&self, seen: Option<u64>, pttl: i64, now: u64) -> u64 {
+        seen.unwrap_or_else(|| {
+            let used = self
+                .policy
+                .idle_ms
+                .saturating_sub(u64::try_from(pttl).unwrap_or(0));
+            now.saturating_sub(used)
+        })
     }
 }
 
@@ -381,8 +388,9 @@ fn text(bytes: &[u8]) -> Option<Arc<str>> {
 /// `{"k":v,...}` from the hash's data fields, keys in the order serde_json
 /// uses (sorted), so every store sends the same text for the same session;
 /// and the metadata from the `#` fields.
-fn decode_fields(pairs: &[Vec<u8>]) -> (Vec<u8>, Meta) {
+fn decode_fields(pairs: &[Vec<u8>]) -> (Vec<u8>, Meta, Option<u64>) {
     let mut meta = Meta::default();
+    let mut seen = None;
     let mut fields: BTreeMap<&[u8], &[u8]> = BTreeMap::new();
     for kv in pairs.chunks_exact(2) {
         let (k, v) = (kv[0].as_slice(), kv[1].as_slice());
@@ -396,6 +404,7 @@ fn decode_fields(pairs: &[Vec<u8>]) -> (Vec<u8>, Meta) {
             }
             b"#client" => meta.client = text(v),
             b"#agent" => meta.agent = text(v),
+            b"#seen" => seen = std::str::from_utf8(v).ok().and_then(|t| t.parse().ok()),
             _ if k.starts_with(b"#") => {}
             _ => {
                 fields.insert(k, v);
@@ -414,7 +423,7 @@ fn decode_fields(pairs: &[Vec<u8>]) -> (Vec<u8>, Meta) {
         out.extend_from_slice(v);
     }
     out.push(b'}');
-    (out, meta)
+    (out, meta, seen)
 }
 
 impl Store for RedisStore {
@@ -428,7 +437,8 @@ impl Store for RedisStore {
             .arg(self.policy.idle_ms)
             // At most a tenth of the idle timeout: a refresh interval as
             // long as the timeout would let a session in steady use expire.
-            .arg(touch_ms.min(self.policy.idle_ms / 10));
+            .arg(touch_ms.min(self.policy.idle_ms / 10))
+            .arg(now_ms());
         let reply: Vec<Vec<u8>> = self.run(&invocation).await?;
         match reply.first().map(Vec::as_slice) {
             Some(b"live") if reply.len() >= 2 => {
@@ -436,8 +446,8 @@ impl Store for RedisStore {
                     .ok()
                     .and_then(|t| t.parse().ok())
                     .unwrap_or(0);
-                let (text, mut meta) = decode_fields(&reply[2..]);
-                meta.last_seen_ms = self.seen_from_ttl(pttl, now_ms());
+                let (text, mut meta, seen) = decode_fields(&reply[2..]);
+                meta.last_seen_ms = self.last_seen(seen, pttl, now_ms());
                 let data =
                     HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).map_err(|_| {
                         Error::Unavailable(
@@ -502,7 +512,7 @@ impl Store for RedisStore {
             let mut invocation = self.info.prepare_invoke();
             invocation.key(data).arg(user.as_str());
             let info: Vec<String> = self.run(&invocation).await?;
-            let [created, client, agent, pttl] = info.as_slice() else {
+            let [created, client, agent, pttl, seen] = info.as_slice() else {
                 // Expired or rebound: drop the stale member.
                 self.cmd::<i64>(
                     redis::cmd("SREM")
@@ -515,7 +525,11 @@ impl Store for RedisStore {
             found.push(SessionInfo {
                 handle: id.handle(),
                 created_ms: created.parse().unwrap_or(0),
-                last_seen_ms: self.seen_from_ttl(pttl.parse().unwrap_or(0), now),
+                last_seen_ms: self.last_seen(
+                    seen.parse().ok(),
+                    pttl.parse().unwrap_or(0),
+                    now,
+                ),
                 client: (!client.is_empty()).then(|| client.clone()),
                 agent: (!agent.is_empty()).then(|| agent.clone()),
             });

@@ -5,6 +5,7 @@
 --       new_left_ms, max_bytes, flags ('f' flush, 'r' rotate),
 --       successor ('<new id>|<issued ms>'), user to bind ('' for none),
 --       created ms, client, agent (recorded if the session is new),
+--       now ms (the session's '#seen'),
 --       then edits as triples ('s', key, json) or ('d', key, '').
 -- Fields starting with '#' are metadata, not session keys.
 -- Returns {'ok', '1'|'0' (stored), user after, user before},
@@ -18,7 +19,8 @@ local renew = flush or string.find(ARGV[5], 'r', 1, true) ~= nil
 local successor = ARGV[6]
 local bind = ARGV[7]
 local created, client, agent = ARGV[8], ARGV[9], ARGV[10]
-local EDITS = 11
+local now = ARGV[11]
+local EDITS = 12
 
 -- Dead or moved ids first: a late write follows a rotation, never a flush.
 if redis.call('EXISTS', data) == 0 then
@@ -61,6 +63,7 @@ for i = EDITS, #ARGV, 3 do
     fields[ARGV[i + 1]] = nil
   end
 end
+fields['#seen'] = now
 -- Size of the encoded object {"k":v,...}: keys need no escaping.
 local size, n = 2, 0
 for k, v in pairs(fields) do
@@ -118,16 +121,16 @@ else
       redis.call('HDEL', data, ARGV[i + 1])
     end
   end
+  local meta = {'#seen', now}
   if meta_changed then
-    local meta = {}
     for _, k in ipairs({'#created', '#client', '#agent', '#user'}) do
       if fields[k] ~= nil then
         meta[#meta + 1] = k
         meta[#meta + 1] = fields[k]
       end
     end
-    redis.call('HSET', data, unpack(meta))
   end
+  redis.call('HSET', data, unpack(meta))
 end
 
 local ttl = idle
