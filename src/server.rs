@@ -57,6 +57,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use http::StatusCode;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -67,6 +68,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, StoreConfig};
+use crate::metrics::Metrics;
 use crate::proxy::paired::{Driven, IDLE_RELEASE};
 use crate::proxy::{BoxError, Downstream, Proxy, ResponseBody};
 use crate::session::Policy;
@@ -277,6 +279,7 @@ async fn accept_loop<S: Store>(
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let metrics_of = proxy.clone();
             let service = service_fn(move |req| {
                 let (proxy, down) = (proxy.clone(), down.clone());
                 let busy = down.activity.begin();
@@ -309,7 +312,7 @@ async fn accept_loop<S: Store>(
             );
             let served = Driven::new(connection, paired).await;
             if let Err(e) = served {
-                debug!(%peer, error = %e, "connection ended with an error");
+                connection_failed(&*e, peer, metrics_of.metrics());
             }
         });
     }
@@ -329,6 +332,43 @@ async fn accept_loop<S: Store>(
         );
     }
     Ok(())
+}
+
+/// How a connection that ended with an error is reported. A request head
+/// hyper cannot parse never reaches the proxy: hyper answers it itself
+/// (`400`, or `431`/`414` when too large) and closes, so it is counted and
+/// logged here like the proxy's own refusals.
+fn connection_failed(
+    error: &(dyn std::error::Error + 'static),
+    peer: std::net::SocketAddr,
+    metrics: &Metrics,
+) {
+    match refused_head(error) {
+        Some(refusal) => {
+            let status = if refusal.is_parse_too_large() {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            metrics.response(status);
+            warn!(%peer, status = status.as_u16(), error = %refusal, "request head refused before it reached the proxy");
+        }
+        None => debug!(%peer, %error, "connection ended with an error"),
+    }
+}
+
+/// The hyper error in `error`'s chain if it is a request head hyper
+/// answered for itself (see `connection_failed`).
+fn refused_head<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a hyper::Error> {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            let answered = h.is_parse() && !h.is_parse_status() && !h.is_parse_version_h2();
+            return answered.then_some(h);
+        }
+        cause = e.source();
+    }
+    None
 }
 
 /// Waits for a connection slot, then a connection. Errors (out of file

@@ -83,6 +83,13 @@ fn a_malformed_request_is_a_400_and_others_are_still_served() {
     }
     assert_eq!(up.count(), 0, "nothing malformed reached the upstream");
     assert_eq!(proxy.browser().get("/").status, 200);
+    // hyper answers these heads before the proxy sees them; they are
+    // still counted and logged.
+    assert_eq!(
+        support::admin::metric(&proxy, "sessiongate_requests_total{class=\"4xx\"}"),
+        3.0
+    );
+    proxy.wait_for_log(&["request head refused before it reached the proxy", "400"]);
 }
 
 #[test]
@@ -96,6 +103,11 @@ fn an_oversized_request_head_is_a_431() {
     assert_eq!(reply.status, 431);
     assert_eq!(up.count(), 0);
     assert_eq!(proxy.browser().get("/").status, 200);
+    assert_eq!(
+        support::admin::metric(&proxy, "sessiongate_requests_total{class=\"4xx\"}"),
+        1.0
+    );
+    proxy.wait_for_log(&["request head refused before it reached the proxy", "431"]);
 }
 
 #[test]

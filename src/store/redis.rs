@@ -525,11 +525,7 @@ impl Store for RedisStore {
             found.push(SessionInfo {
                 handle: id.handle(),
                 created_ms: created.parse().unwrap_or(0),
-                last_seen_ms: self.last_seen(
-                    seen.parse().ok(),
-                    pttl.parse().unwrap_or(0),
-                    now,
-                ),
+                last_seen_ms: self.last_seen(seen.parse().ok(), pttl.parse().unwrap_or(0), now),
                 client: (!client.is_empty()).then(|| client.clone()),
                 agent: (!agent.is_empty()).then(|| agent.clone()),
             });
