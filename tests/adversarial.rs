@@ -226,6 +226,26 @@ fn broken_upstream_operations_are_refused_the_response_delivered_the_session_unc
 }
 
 #[test]
+fn operations_in_a_head_with_bare_line_feeds_apply_in_the_order_sent() {
+    // hyper accepts `\n` line ends from an upstream; the order across the
+    // two header names must still hold (in order: a deleted, b set; grouped
+    // by name, both would end up set or both gone).
+    let up = support::upstream::raw(|r| {
+        match r.target.as_str() {
+        "/ops" => b"HTTP/1.1 200 OK\nX-Session-Set: a=1\nX-Session-Delete: a\nX-Session-Delete: b\nX-Session-Set: b=2\nContent-Length: 2\n\nok".to_vec(),
+        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+    }
+    });
+    let proxy = Proxy::start(&config(up.addr, ""));
+    let mut b = proxy.browser();
+    let reply = b.get("/ops");
+    assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
+    assert!(reply.header("x-session-set").is_none());
+    b.get("/");
+    assert_eq!(up.last().session(), json!({"b": 2}));
+}
+
+#[test]
 fn values_with_cr_lf_nul_and_any_unicode_round_trip_and_the_next_head_stays_valid() {
     let tricky =
         json!("line1\r\nInjected: yes\r\n\r\nGET /evil HTTP/1.1\u{0}\u{7f}\u{2028}é😀\u{10ffff}");

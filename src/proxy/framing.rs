@@ -8,11 +8,8 @@
 //! is closed; nothing reaches the upstream. Upstream responses with both
 //! framing headers are refused (502) and their connection is not reused.
 
-use std::sync::LazyLock;
-
 use http::HeaderMap;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use memchr::memmem::Finder;
 
 /// Why a message's framing is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -25,13 +22,6 @@ pub enum Refused {
     Hosts,
     #[error("more than one Content-Length")]
     Lengths,
-}
-
-/// Where a message head ends: the index of its blank line's `\r\n\r\n`.
-pub fn find_blank_line(bytes: &[u8]) -> Option<usize> {
-    // Built once: a Finder's setup costs more than searching a short head.
-    static BLANK_LINE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
-    BLANK_LINE.find(bytes)
 }
 
 /// Checks a request's framing headers.
@@ -48,7 +38,7 @@ pub fn check_request(headers: &HeaderMap) -> Result<(), Refused> {
     check_message(headers)
 }
 
-/// Where a request head ends: just past its blank line, which may end in
+/// Where a message head ends: just past its blank line, which may end in
 /// `\r\n` or, as httparse and hyper accept, a bare `\n`.
 pub fn head_end(bytes: &[u8]) -> Option<usize> {
     memchr::memchr_iter(b'\n', bytes).find_map(|i| match &bytes[i + 1..] {
