@@ -29,6 +29,60 @@ fn the_shipped_example_configs_pass_check() {
     }
 }
 
+/// The README's configuration table and config/sessiongate.toml list the
+/// same keys: the file claims to show every key, set or commented out.
+#[test]
+fn the_complete_example_config_shows_every_key_of_the_readme_table() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let example = std::fs::read_to_string(format!("{root}/config/sessiongate.toml")).unwrap();
+    let table = readme
+        .split("## Configuration")
+        .nth(1)
+        .and_then(|rest| rest.split("### Environment overrides").next())
+        .unwrap();
+    let mut keys = Vec::new();
+    for row in table.lines().filter(|l| l.starts_with("| `")) {
+        let cell = row.split('|').nth(1).unwrap();
+        let names: Vec<&str> = cell.split('`').skip(1).step_by(2).collect();
+        // `secret.value` / `.env` / `.file` and `tls.cert`, `tls.key`.
+        let section = names[0].split_once('.').map(|(s, _)| s);
+        for name in &names {
+            match (section, name.strip_prefix('.')) {
+                (Some(section), Some(key)) => keys.push(format!("{section}.{key}")),
+                _ => keys.push((*name).to_owned()),
+            }
+        }
+    }
+    assert!(keys.len() > 50, "{keys:?}");
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|key| !shows_key(&example, key))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "config/sessiongate.toml lacks {missing:?}"
+    );
+}
+
+/// Whether `text` sets `key` (`section.name` or a top-level name), or shows
+/// it commented out, in its section.
+fn shows_key(text: &str, key: &str) -> bool {
+    let (section, name) = key.split_once('.').unwrap_or(("", key));
+    let mut current = "";
+    for line in text.lines() {
+        let line = line.trim_start_matches(['#', ' ']);
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = header;
+        } else if current == section && line.split_once('=').is_some_and(|(k, _)| k.trim() == name)
+        {
+            return true;
+        }
+    }
+    // The short form of a table key, `upstream = "http://..."`.
+    section.is_empty() && text.contains(&format!("`{name} = "))
+}
+
 /// Each (extra TOML after `GOOD`, parts of the expected message) is refused.
 fn assert_each_refused(cases: &[(&str, &[&str])]) {
     for (extra, expect) in cases {

@@ -126,7 +126,7 @@ pub fn apply_overrides(
         else {
             return Err(Error::Env {
                 var,
-                message: "names no config key (see the README's environment table)".to_owned(),
+                message: "names no config key (see the README's Environment overrides)".to_owned(),
             });
         };
         let value = to_value(kind, &text).map_err(|message| Error::Env {
