@@ -41,7 +41,7 @@ use body::{Filtered, Limits, RequestBody};
 pub use error::Error;
 use head_capture::HeadCapture;
 use paired::Paired;
-use settings::{Fixed, Settings};
+use settings::{Fixed, Settings, UPSTREAM_HEAD_BYTES};
 
 use crate::config::Config;
 use crate::cookie::{self, SignedWith};
@@ -259,6 +259,15 @@ impl<S: Store> Proxy<S> {
                 "101 Switching Protocols to a request that asked for no upgrade".into(),
             ));
         }
+        if rsp
+            .extensions()
+            .get::<HeadCapture>()
+            .is_some_and(HeadCapture::overflowed)
+        {
+            return Err(Error::UpstreamMalformed(
+                format!("a response head over {UPSTREAM_HEAD_BYTES} bytes").into(),
+            ));
+        }
         if rsp.version() == Version::HTTP_10 {
             // hyper would speak HTTP/1.0 on it from now on, which cannot
             // frame a chunked upload.
@@ -413,6 +422,12 @@ impl<S: Store> Proxy<S> {
         // hyper still answers an HTTP/1.0 browser in HTTP/1.0.
         parts.version = Version::HTTP_11;
         hop::strip(&mut parts.headers);
+        if parts.status == StatusCode::NO_CONTENT {
+            // A 204 has no body (RFC 9110 section 15.3.5), whatever length
+            // the upstream claims; HTTP/2 resets a stream whose length and
+            // body disagree.
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+        }
         strip_trailer_announcements(s, &mut parts.headers);
         // Before any await: a bodiless response leaves a lent connection
         // idle at once, and the next borrower's exchange resets its capture.

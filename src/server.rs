@@ -336,8 +336,9 @@ async fn accept_loop<S: Store>(
 
 /// How a connection that ended with an error is reported. A request head
 /// hyper cannot parse never reaches the proxy: hyper answers it itself
-/// (`400`, or `431`/`414` when too large) and closes, so it is counted and
-/// logged here like the proxy's own refusals.
+/// (`400`, `414` or `431`) and closes, so it is counted (in the 4xx class,
+/// which all three share; hyper does not say which it sent) and logged
+/// here like the proxy's own refusals.
 fn connection_failed(
     error: &(dyn std::error::Error + 'static),
     peer: std::net::SocketAddr,
@@ -345,13 +346,8 @@ fn connection_failed(
 ) {
     match refused_head(error) {
         Some(refusal) => {
-            let status = if refusal.is_parse_too_large() {
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            metrics.response(status);
-            warn!(%peer, status = status.as_u16(), error = %refusal, "request head refused before it reached the proxy");
+            metrics.response(StatusCode::BAD_REQUEST);
+            warn!(%peer, error = %refusal, "request head refused before it reached the proxy");
         }
         None => debug!(%peer, %error, "connection ended with an error"),
     }

@@ -246,6 +246,40 @@ fn operations_in_a_head_with_bare_line_feeds_apply_in_the_order_sent() {
 }
 
 #[test]
+fn large_upstream_heads_keep_the_operation_order_and_the_head_limit_is_exact() {
+    // Three ordered lines across two names, behind a large unrelated
+    // header: the capture that orders them must hold the whole head (it
+    // once gave up at 512 KiB and fell back to name-grouped order, losing
+    // k). Past 4 MiB the head is refused every time (hyper's own check
+    // runs before each read, so it let some such heads through).
+    let up = support::upstream::raw(|r| {
+        let pad = match r.target.as_str() {
+            "/large" => 3 << 20,
+            "/over" => (4 << 20) + (256 << 10),
+            _ => 0,
+        };
+        let mut head = b"HTTP/1.1 200 OK\r\nX-Session-Set: k=1\r\nX-Session-Delete: k\r\nX-Session-Set: k=2\r\n".to_vec();
+        if pad > 0 {
+            head.extend_from_slice(format!("X-Pad: {}\r\n", "p".repeat(pad)).as_bytes());
+        }
+        head.extend_from_slice(b"Content-Length: 2\r\n\r\nok");
+        head
+    });
+    let proxy = Proxy::start(&config(up.addr, ""));
+    for _ in 0..3 {
+        let mut b = proxy.browser();
+        let reply = b.get("/large");
+        assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
+        b.get("/");
+        assert_eq!(up.last().session(), json!({"k": 2}));
+    }
+    for _ in 0..3 {
+        assert_eq!(proxy.browser().get("/over").status, 502);
+    }
+    proxy.wait_for_log(&["WARN", "/over", "response head over"]);
+}
+
+#[test]
 fn values_with_cr_lf_nul_and_any_unicode_round_trip_and_the_next_head_stays_valid() {
     let tricky =
         json!("line1\r\nInjected: yes\r\n\r\nGET /evil HTTP/1.1\u{0}\u{7f}\u{2028}é😀\u{10ffff}");

@@ -167,6 +167,26 @@ async fn http2_with_prior_knowledge_has_the_same_session_semantics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_204_claiming_a_length_reaches_http2_clients_cleanly() {
+    // The length of a 204 is dropped: HTTP/2 resets a stream whose
+    // content-length its (absent) body does not match, while the session
+    // change was already applied.
+    let up = support::upstream::raw(|r| match r.target.as_str() {
+        "/nothing" => {
+            b"HTTP/1.1 204 No Content\r\nX-Session-Set: b=2\r\nContent-Length: 3\r\n\r\nabc"
+                .to_vec()
+        }
+        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+    });
+    let proxy = Proxy::start(&config(up.addr, ""));
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (status, headers, body) = h2_get(tcp, "/nothing", &[]).await;
+    assert_eq!((status, body.as_str()), (204, ""));
+    assert_eq!(headers.get("content-length"), None);
+    assert!(cookie_value(&headers).is_some(), "the session was stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_content_length_over_http2_is_refused() {
     let up = Upstream::ok();
     let proxy = Proxy::start(&config(up.addr, ""));

@@ -25,8 +25,16 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Largest head kept; hyper refuses larger ones anyway (its buffer limit).
-const MAX_HEAD: usize = 512 * 1024;
+/// Largest head kept: the limit on upstream heads. hyper checks its own
+/// (the same number) only before each read, so a head somewhat larger can
+/// still parse there; the capture knows the exact size and such a head is
+/// refused by the proxy (see [`HeadCapture::overflowed`]), the same way
+/// every time.
+const MAX_HEAD: usize = super::settings::UPSTREAM_HEAD_BYTES;
+
+/// Capacity kept between responses; a buffer grown past it by one large
+/// head is given back, not held for the connection's life.
+const KEPT_CAPACITY: usize = 64 << 10;
 
 #[derive(Default)]
 enum State {
@@ -47,6 +55,8 @@ struct Capture {
     buf: Vec<u8>,
     /// Whether `buf` holds a complete final head.
     complete: bool,
+    /// Whether the head grew past `MAX_HEAD` before it ended.
+    overflowed: bool,
 }
 
 impl Capture {
@@ -54,7 +64,11 @@ impl Capture {
         if !matches!(self.state, State::Writing) {
             self.state = State::Writing;
             self.buf.clear();
+            if self.buf.capacity() > KEPT_CAPACITY {
+                self.buf = Vec::new();
+            }
             self.complete = false;
+            self.overflowed = false;
         }
     }
 
@@ -63,12 +77,18 @@ impl Capture {
             return;
         }
         self.state = State::Reading;
+        // Only the new bytes (and the three before them, which may start
+        // the blank line) are searched: a large head arrives in many reads.
+        let mut from = self.buf.len().saturating_sub(3);
         self.buf.extend_from_slice(bytes);
         // A 1xx head may come before the final one, in the same read or not.
         // Lines may end in a bare `\n`, which hyper accepts from an upstream
         // too: looking for `\r\n\r\n` alone would miss such a head and copy
         // the body as if it were one.
-        while let Some(end) = super::framing::head_end(&self.buf) {
+        while let Some(end) = super::framing::head_end(&self.buf[from..]).map(|e| from + e) {
+            if end > MAX_HEAD {
+                return self.overflow();
+            }
             if !is_interim(&self.buf[..end]) {
                 self.buf.truncate(end);
                 self.complete = true;
@@ -76,11 +96,17 @@ impl Capture {
                 return;
             }
             self.buf.drain(..end);
+            from = 0;
         }
         if self.buf.len() > MAX_HEAD {
-            self.state = State::Done;
-            self.buf.clear();
+            self.overflow();
         }
+    }
+
+    fn overflow(&mut self) {
+        self.state = State::Done;
+        self.buf.clear();
+        self.overflowed = true;
     }
 }
 
@@ -103,6 +129,12 @@ impl HeadCapture {
     /// caller falls back to `HeaderMap`).
     pub fn lines(&self, keep: impl Fn(&str) -> bool) -> Option<Vec<(String, Vec<u8>)>> {
         self.with(|c| c.complete.then(|| parse_lines(&c.buf, keep)).flatten())
+    }
+
+    /// Whether the response head just read was larger than the upstream
+    /// head limit.
+    pub fn overflowed(&self) -> bool {
+        self.with(|c| c.overflowed)
     }
 }
 
@@ -291,6 +323,24 @@ mod tests {
             ]
         );
         assert!(!capture.with(|c| c.buf.ends_with(b"body")));
+    }
+
+    #[test]
+    fn a_head_over_the_limit_overflows_however_it_is_split() {
+        let mut head = b"HTTP/1.1 200 OK\r\nX-Pad: ".to_vec();
+        head.resize(head.len() + MAX_HEAD, b'p');
+        head.extend_from_slice(b"\r\nContent-Length: 2\r\n\r\nok");
+        for size in [4096, 65536, head.len()] {
+            let capture = HeadCapture::default();
+            for chunk in head.chunks(size) {
+                capture.with(|c| c.read(chunk));
+            }
+            assert!(capture.overflowed(), "read {size} bytes at a time");
+            assert!(capture.lines(|_| true).is_none());
+        }
+        let capture = HeadCapture::default();
+        capture.with(|c| c.read(&head[head.len() - 60..]));
+        assert!(!capture.overflowed());
     }
 
     fn assert_only_kept_lines_return(capture: &HeadCapture) {
