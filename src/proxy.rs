@@ -264,6 +264,8 @@ impl<S: Store> Proxy<S> {
             .get::<HeadCapture>()
             .is_some_and(HeadCapture::overflowed)
         {
+            // hyper parsed the whole head, so the connection itself is
+            // still in step; only this response is refused.
             return Err(Error::UpstreamMalformed(
                 format!("a response head over {UPSTREAM_HEAD_BYTES} bytes").into(),
             ));

@@ -306,7 +306,6 @@ mod tests {
         assert!(capture.lines(|_| true).unwrap().is_empty());
     }
 
-    /// Only the lines the caller keeps are returned, still in order.
     #[test]
     fn a_head_with_bare_line_feeds_is_captured_without_its_body() {
         let capture = HeadCapture::default();
@@ -343,6 +342,7 @@ mod tests {
         assert!(!capture.overflowed());
     }
 
+    /// Only the lines the caller keeps are returned, still in order.
     fn assert_only_kept_lines_return(capture: &HeadCapture) {
         let kept = capture
             .lines(|n| n.eq_ignore_ascii_case("x-session-set"))
