@@ -276,7 +276,9 @@ fn large_upstream_heads_keep_the_operation_order_and_the_head_limit_is_exact() {
     for _ in 0..3 {
         assert_eq!(proxy.browser().get("/over").status, 502);
     }
-    proxy.wait_for_log(&["WARN", "/over", "response head over"]);
+    // hyper or the capture refuses it first, depending on how the reads
+    // fall; either way a 502 with a warning.
+    proxy.wait_for_log(&["WARN", "/over", "status=502", "malformed response"]);
 }
 
 #[test]

@@ -45,6 +45,9 @@ enum State {
     Reading,
     /// The final head was captured (or was too large); ignore the body.
     Done,
+    /// The final head was a `101`: the connection is a tunnel from now on,
+    /// and no byte either way is a head again.
+    Upgraded,
 }
 
 #[derive(Default)]
@@ -61,7 +64,7 @@ struct Capture {
 
 impl Capture {
     fn wrote(&mut self) {
-        if !matches!(self.state, State::Writing) {
+        if !matches!(self.state, State::Writing | State::Upgraded) {
             self.state = State::Writing;
             self.buf.clear();
             if self.buf.capacity() > KEPT_CAPACITY {
@@ -73,7 +76,7 @@ impl Capture {
     }
 
     fn read(&mut self, bytes: &[u8]) {
-        if matches!(self.state, State::Done) || bytes.is_empty() {
+        if matches!(self.state, State::Done | State::Upgraded) || bytes.is_empty() {
             return;
         }
         self.state = State::Reading;
@@ -92,7 +95,11 @@ impl Capture {
             if !is_interim(&self.buf[..end]) {
                 self.buf.truncate(end);
                 self.complete = true;
-                self.state = State::Done;
+                self.state = if is_switch(&self.buf) {
+                    State::Upgraded
+                } else {
+                    State::Done
+                };
                 return;
             }
             self.buf.drain(..end);
@@ -105,14 +112,19 @@ impl Capture {
 
     fn overflow(&mut self) {
         self.state = State::Done;
-        self.buf.clear();
+        self.buf = Vec::new();
         self.overflowed = true;
     }
 }
 
 /// `HTTP/1.1 1xx` other than 101 (which ends the exchange like a final one).
 fn is_interim(head: &[u8]) -> bool {
-    head.len() > 12 && head[9] == b'1' && &head[9..12] != b"101"
+    head.len() > 12 && head[9] == b'1' && !is_switch(head)
+}
+
+/// `HTTP/1.1 101`: a WebSocket tunnel follows.
+fn is_switch(head: &[u8]) -> bool {
+    head.get(9..12) == Some(b"101")
 }
 
 /// The capture of one connection, attached to each response read on it.
@@ -340,6 +352,23 @@ mod tests {
         let capture = HeadCapture::default();
         capture.with(|c| c.read(&head[head.len() - 60..]));
         assert!(!capture.overflowed());
+    }
+
+    #[test]
+    fn a_tunnel_after_101_is_never_captured() {
+        let capture = HeadCapture::default();
+        capture.with(|c| {
+            c.wrote();
+            c.read(b"HTTP/1.1 101 Switching Protocols\r\nX-Session-Set: a=1\r\n\r\n");
+        });
+        assert_eq!(capture.lines(|_| true).unwrap().len(), 1);
+        for _ in 0..3 {
+            capture.with(|c| {
+                c.wrote();
+                c.read(&[b'x'; 1000]);
+            });
+        }
+        assert!(capture.with(|c| c.buf.len() < 100 && matches!(c.state, State::Upgraded)));
     }
 
     /// Only the lines the caller keeps are returned, still in order.

@@ -328,17 +328,18 @@ impl RedisStore {
         Ok(killed == 1)
     }
 
-    /// The last time a session was seen: its `#seen` field, or for a
-    /// session written before that field existed, how much of its idle TTL
-    /// is left (which reads early once the absolute deadline caps the TTL).
+    /// The last time a session was seen: the later of its `#seen` field
+    /// and what its idle TTL left implies. Both are lower bounds: the TTL
+    /// reads early once the absolute deadline caps it, and `#seen` is stale
+    /// if a replica older than that field refreshed the session since (a
+    /// rolling upgrade) or absent if one wrote it.
     fn last_seen(&self, seen: Option<u64>, pttl: i64, now: u64) -> u64 {
-        seen.unwrap_or_else(|| {
-            let used = self
-                .policy
-                .idle_ms
-                .saturating_sub(u64::try_from(pttl).unwrap_or(0));
-            now.saturating_sub(used)
-        })
+        let used = self
+            .policy
+            .idle_ms
+            .saturating_sub(u64::try_from(pttl).unwrap_or(0));
+        let from_ttl = now.saturating_sub(used);
+        seen.map_or(from_ttl, |seen| seen.max(from_ttl))
     }
 }
 
