@@ -428,7 +428,7 @@ impl<S: Store> Proxy<S> {
             // A 204 has no body (RFC 9110 section 15.3.5), whatever length
             // the upstream claims; HTTP/2 resets a stream whose length and
             // body disagree.
-            parts.headers.remove(http::header::CONTENT_LENGTH);
+            parts.headers.remove(CONTENT_LENGTH);
         }
         strip_trailer_announcements(s, &mut parts.headers);
         // Before any await: a bodiless response leaves a lent connection
