@@ -88,7 +88,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("sessiongate: {e:#}");
+                eprintln!("sessiongate: config file {}: {e:#}", cli.config.display());
                 ExitCode::from(EXIT_CONFIG)
             }
         },

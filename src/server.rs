@@ -181,19 +181,51 @@ struct Listeners {
 /// What start-up would refuse beyond the config's own validation, short of
 /// binding ports and opening the store: for `sessiongate check`, so that a
 /// config it passes also starts. TLS material must load; the disk store's
-/// directory must exist.
+/// file must be one the proxy can open for writing.
 pub fn preflight(config: &Config) -> anyhow::Result<()> {
     if let Some(tls) = &config.tls {
         tls::acceptor(tls)?;
     }
     if let StoreConfig::Disk { path, .. } = &config.store {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        if let Some(dir) = dir
-            && !dir.is_dir()
-        {
-            anyhow::bail!("store.path: the directory {} does not exist", dir.display());
-        }
+        disk_store_writable(path)?;
     }
+    Ok(())
+}
+
+/// The disk store's file, if it exists, is a regular file open for writing;
+/// its directory exists and takes new files (the store adds a lock file and
+/// SQLite its journal beside it). A file created and removed again is the
+/// one test of the latter that holds for root too, whom permission bits do
+/// not stop but a read-only or virtual file system does.
+fn disk_store_writable(path: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        anyhow::bail!("store.path: the directory {} does not exist", dir.display());
+    }
+    if path.is_dir() {
+        anyhow::bail!(
+            "store.path: {} is a directory; name a database file in it",
+            path.display()
+        );
+    }
+    if path.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("store.path: cannot open {} for writing", path.display()))?;
+    }
+    let probe = dir.join(format!(".sessiongate-check-{}", std::process::id()));
+    std::fs::File::create_new(&probe).with_context(|| {
+        format!(
+            "store.path: cannot create files in the directory {}",
+            dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(&probe);
     Ok(())
 }
 

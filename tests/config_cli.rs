@@ -238,6 +238,43 @@ fn check_refuses_what_start_up_would_refuse() {
             "[store]\nkind = \"disk\"\npath = \"/nonexistent-dir/sessions.db\"\n",
             &["store.path", "/nonexistent-dir", "does not exist"],
         ),
+        (
+            "[store]\nkind = \"disk\"\npath = \"/tmp\"\n",
+            &["store.path", "/tmp is a directory"],
+        ),
+        // Root's permission bits do not stop it; /proc takes no new files.
+        (
+            "[store]\nkind = \"disk\"\npath = \"/proc/sessions.db\"\n",
+            &["store.path", "cannot create files in the directory /proc"],
+        ),
     ];
     assert_each_refused(cases);
+}
+
+/// Start-up's own refusals name the config file, like the file's errors do.
+#[test]
+fn checks_beyond_the_file_name_the_file_too() {
+    let (code, err) = check(
+        &format!("{GOOD}\n[store]\nkind = \"disk\"\npath = \"/nonexistent-dir/s.db\"\n"),
+        &[],
+    );
+    assert_eq!(code, 64);
+    assert!(err.starts_with("sessiongate: config file "), "{err}");
+    assert!(err.contains(".toml: store.path"), "{err}");
+}
+
+/// A directory that takes files passes, and the probe leaves nothing behind.
+#[test]
+fn a_writable_disk_store_directory_passes_check_and_stays_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessions.db");
+    let (code, err) = check(
+        &format!(
+            "{GOOD}\n[store]\nkind = \"disk\"\npath = \"{}\"\n",
+            path.display()
+        ),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

@@ -16,6 +16,23 @@ const RESERVED: &[&str] = &["SESSIONGATE_CONFIG"];
 /// The mutually exclusive ways to give the secret.
 const SECRET_SOURCES: [&str; 3] = ["value", "env", "file"];
 
+/// Variables that set the same thing, so at most one of each group may be
+/// given: with two, one would win silently by name order.
+const EXCLUSIVE: &[(&[&str], &str)] = &[
+    (
+        &["SESSIONGATE_UPSTREAM", "SESSIONGATE_UPSTREAM_URL"],
+        "the upstream's url",
+    ),
+    (
+        &[
+            "SESSIONGATE_SECRET_VALUE",
+            "SESSIONGATE_SECRET_ENV",
+            "SESSIONGATE_SECRET_FILE",
+        ],
+        "the secret",
+    ),
+];
+
 /// How a variable's text becomes a TOML value.
 #[derive(Clone, Copy)]
 enum Kind {
@@ -120,6 +137,7 @@ pub fn apply_overrides(
         .collect();
     // Deterministic order, so that `upstream` is set before `upstream.*`.
     vars.sort();
+    refuse_conflicts(&vars)?;
     let mut overridden = Overridden::new();
     for (var, text) in vars {
         let Some(&(section, key, kind)) = KEYS.iter().find(|(s, k, _)| var_name(s, k) == var)
@@ -163,6 +181,23 @@ pub fn source_of<'a>(overridden: &'a Overridden, key: &str) -> Option<&'a str> {
         .rev()
         .find(|(path, _)| within(path))
         .map(|(_, var)| var.as_str())
+}
+
+/// Two variables of one [`EXCLUSIVE`] group are an error naming both.
+fn refuse_conflicts(vars: &[(String, String)]) -> Result<(), Error> {
+    for (group, what) in EXCLUSIVE {
+        let mut given = vars
+            .iter()
+            .map(|(name, _)| name)
+            .filter(|name| group.contains(&name.as_str()));
+        if let (Some(first), Some(second)) = (given.next(), given.next()) {
+            return Err(Error::Env {
+                var: first.clone(),
+                message: format!("{second} is set too; both set {what}: set only one"),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn to_value(kind: Kind, text: &str) -> Result<toml::Value, String> {
@@ -302,6 +337,31 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn two_variables_that_set_the_same_thing_are_refused_naming_both() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        for pair in [
+            [
+                ("SESSIONGATE_UPSTREAM", "http://127.0.0.1:4000"),
+                ("SESSIONGATE_UPSTREAM_URL", "http://127.0.0.1:5000"),
+            ],
+            [
+                ("SESSIONGATE_SECRET_VALUE", secret),
+                ("SESSIONGATE_SECRET_FILE", "/no/such/file"),
+            ],
+            [
+                ("SESSIONGATE_SECRET_ENV", "SOME_VARIABLE"),
+                ("SESSIONGATE_SECRET_VALUE", secret),
+            ],
+        ] {
+            let err = parse(&pair).unwrap_err().to_string();
+            assert!(
+                err.contains(pair[0].0) && err.contains(pair[1].0) && err.contains("only one"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
