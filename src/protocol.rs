@@ -208,8 +208,10 @@ pub enum Malformed {
     MissingEquals { header: &'static str },
     #[error("{header}: key is not 1-128 characters of A-Z a-z 0-9 _ . : -")]
     BadKey { header: &'static str },
-    #[error("set: value of key `{key}` is not valid JSON")]
-    BadJson { key: String },
+    /// `reason` is serde_json's, which says where and what (a nesting depth
+    /// of 128, its recursion limit, reads "recursion limit exceeded").
+    #[error("set: value of key `{key}` is not valid JSON: {reason}")]
+    BadJson { key: String, reason: String },
     #[error("{header}: expected the value 1")]
     NotOne { header: &'static str },
     #[error("user: expected 1-256 visible ASCII characters")]
@@ -285,8 +287,9 @@ fn parse_set(value: &[u8]) -> Result<Edit, Malformed> {
         .split_once('=')
         .ok_or(Malformed::MissingEquals { header })?;
     let key = Key::parse(key).ok_or(Malformed::BadKey { header })?;
-    let json = serde_json::from_str(json).map_err(|_| Malformed::BadJson {
+    let json = serde_json::from_str(json).map_err(|e| Malformed::BadJson {
         key: key.as_str().to_owned(),
+        reason: e.to_string(),
     })?;
     Ok(Edit::Set(key, json))
 }
@@ -419,7 +422,10 @@ mod tests {
             (
                 "x-session-set",
                 "k=notjson",
-                Malformed::BadJson { key: "k".into() },
+                Malformed::BadJson {
+                    key: "k".into(),
+                    reason: "expected ident at line 1 column 2".into(),
+                },
             ),
             (
                 "x-session-set",
@@ -447,6 +453,16 @@ mod tests {
             assert_eq!(take_operations(&p(), &mut h, 10).as_ref(), Err(expected));
             assert!(h.is_empty());
         }
+    }
+
+    /// The README's nesting limit, exactly: 127 levels pass, 128 do not,
+    /// and the log line says why.
+    #[test]
+    fn values_nested_128_levels_deep_are_refused_with_the_reason() {
+        let nested = |depth: usize| format!("k={}{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(parse_set(nested(127).as_bytes()).is_ok());
+        let err = parse_set(nested(128).as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("recursion limit exceeded"), "{err}");
     }
 
     #[test]
