@@ -65,6 +65,24 @@ enum Connection {
     Cluster(Box<(ClusterClient, OnceCell<ClusterConnection>)>),
 }
 
+/// What one round trip sends: a script or a plain command.
+enum Call<'a> {
+    Script(&'a ScriptInvocation<'a>),
+    Command(&'a redis::Cmd),
+}
+
+impl Call<'_> {
+    async fn on<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut impl redis::aio::ConnectionLike,
+    ) -> redis::RedisResult<T> {
+        match self {
+            Call::Script(invocation) => invocation.invoke_async(conn).await,
+            Call::Command(cmd) => cmd.query_async(conn).await,
+        }
+    }
+}
+
 pub struct RedisStore {
     connection: Connection,
     options: RedisOptions,
@@ -146,61 +164,43 @@ impl RedisStore {
         format!("{}u:{{{tag}}}", self.options.key_prefix)
     }
 
-    /// Runs one script under the store's deadline. On a single server a
-    /// call that meets a dropped connection is sent once more: after a
-    /// Redis restart each replica's first call hits the old, dead socket
-    /// (the manager reconnects for the next). A script sent on a dead
-    /// socket never ran; one whose reply was lost runs twice, which every
-    /// script tolerates: edits repeat, and a repeated Rotate or Flush finds
-    /// the id moved or gone, as after a parallel request.
+    /// Runs one script under the store's deadline (see [`Self::call`]).
     async fn run<T: redis::FromRedisValue>(
         &self,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, Error> {
-        let call = async {
-            match &self.connection {
-                Connection::Standalone(manager) => {
-                    match invocation.invoke_async(&mut manager.clone()).await {
-                        Err(e) if e.is_connection_dropped() => {
-                            invocation.invoke_async(&mut manager.clone()).await
-                        }
-                        done => done,
-                    }
-                }
-                Connection::Cluster(cluster) => {
-                    let (client, cell) = &**cluster;
-                    let conn = cell
-                        .get_or_try_init(|| client.get_async_connection())
-                        .await?;
-                    invocation.invoke_async(&mut conn.clone()).await
-                }
-            }
-        };
-        deadline(self.options.timeout, call).await
+        self.call(Call::Script(invocation)).await
     }
 
-    /// Runs one command under the store's deadline, retried as [`Self::run`].
+    /// Runs one command under the store's deadline (see [`Self::call`]).
     async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Error> {
-        let call = async {
+        self.call(Call::Command(cmd)).await
+    }
+
+    /// Sends `call` under the store's deadline. On a single server a call
+    /// that meets a dropped connection is sent once more: after a Redis
+    /// restart each replica's first call hits the old, dead socket (the
+    /// manager reconnects for the next). A call sent on a dead socket never
+    /// ran; one whose reply was lost runs twice, which every call
+    /// tolerates: edits repeat, and a repeated Rotate or Flush finds the id
+    /// moved or gone, as after a parallel request.
+    async fn call<T: redis::FromRedisValue>(&self, call: Call<'_>) -> Result<T, Error> {
+        let sent = async {
             match &self.connection {
-                Connection::Standalone(manager) => {
-                    match cmd.query_async(&mut manager.clone()).await {
-                        Err(e) if e.is_connection_dropped() => {
-                            cmd.query_async(&mut manager.clone()).await
-                        }
-                        done => done,
-                    }
-                }
+                Connection::Standalone(manager) => match call.on(&mut manager.clone()).await {
+                    Err(e) if e.is_connection_dropped() => call.on(&mut manager.clone()).await,
+                    done => done,
+                },
                 Connection::Cluster(cluster) => {
                     let (client, cell) = &**cluster;
                     let conn = cell
                         .get_or_try_init(|| client.get_async_connection())
                         .await?;
-                    cmd.query_async(&mut conn.clone()).await
+                    call.on(&mut conn.clone()).await
                 }
             }
         };
-        deadline(self.options.timeout, call).await
+        deadline(self.options.timeout, sent).await
     }
 
     async fn apply_to(
