@@ -272,7 +272,7 @@ impl Config {
     ) -> Result<Config, Error> {
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::Syntax {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: syntax_message(text, &e),
         })?;
         let overridden = env::apply_overrides(&mut table, vars)?;
         // A wrong value is blamed on where it came from: the file or a variable.
@@ -291,5 +291,43 @@ impl Config {
             .map_err(blame)?
             .validate(path)
             .map_err(blame)
+    }
+}
+
+/// toml's own rendering of a syntax error is a snippet with a caret over
+/// several lines, which splits a log line (a refused SIGHUP reload); this
+/// is one line: the position, then toml's message.
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let Some(start) = e.span().map(|span| span.start.min(text.len())) else {
+        return message;
+    };
+    let before = text.get(..start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_syntax_error_is_one_line_with_its_position() {
+        let text = "upstream = \"http://127.0.0.1:3000\"\nlisten = \n";
+        let err = Config::parse(Path::new("t.toml"), text, std::iter::empty())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains('\n'), "{err}");
+        assert!(
+            err.starts_with("config file t.toml is not valid TOML: line 2, column 10: "),
+            "{err}"
+        );
     }
 }
