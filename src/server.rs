@@ -76,7 +76,7 @@ use crate::store::Store;
 use crate::store::disk::{DiskOptions, DiskStore};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisOptions, RedisStore};
-use deadline::{Activity, Busy, Deadlines};
+use deadline::{Activity, Busy, Deadlines, SlowHead};
 use head_tap::HeadTap;
 
 /// A connection's byte stream, plain or TLS.
@@ -198,7 +198,6 @@ pub fn preflight(config: &Config) -> anyhow::Result<()> {
 /// one test of the latter that holds for root too, whom permission bits do
 /// not stop but a read-only or virtual file system does.
 fn disk_store_writable(path: &std::path::Path) -> anyhow::Result<()> {
-    use anyhow::Context as _;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -370,19 +369,39 @@ async fn accept_loop<S: Store>(
 /// hyper cannot parse never reaches the proxy: hyper answers it itself
 /// (`400`, `414` or `431`) and closes, so it is counted (in the 4xx class,
 /// which all three share; hyper does not say which it sent) and logged
-/// here like the proxy's own refusals.
+/// here like the proxy's own refusals. So is a head that began and did not
+/// end in time ([`SlowHead`]), as a `408` nobody is sent.
 fn connection_failed(
     error: &(dyn std::error::Error + 'static),
     peer: std::net::SocketAddr,
     metrics: &Metrics,
 ) {
-    match refused_head(error) {
-        Some(refusal) => {
-            metrics.response(StatusCode::BAD_REQUEST);
-            warn!(%peer, error = %refusal, "request head refused before it reached the proxy");
-        }
-        None => debug!(%peer, %error, "connection ended with an error"),
+    if let Some(refusal) = refused_head(error) {
+        metrics.response(StatusCode::BAD_REQUEST);
+        warn!(%peer, error = %refusal, "request head refused before it reached the proxy");
+    } else if let Some(slow) = slow_head(error) {
+        metrics.response(StatusCode::REQUEST_TIMEOUT);
+        warn!(%peer, error = %slow, "request head too slow; connection closed");
+    } else {
+        debug!(%peer, %error, "connection ended with an error");
     }
+}
+
+/// The [`SlowHead`] in `error`'s chain. It travels inside an `io::Error`,
+/// whose `source()` skips the error it wraps, hence `get_ref`.
+fn slow_head<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a SlowHead> {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(slow) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .and_then(|inner| inner.downcast_ref::<SlowHead>())
+        {
+            return Some(slow);
+        }
+        cause = e.source();
+    }
+    None
 }
 
 /// The hyper error in `error`'s chain if it is a request head hyper

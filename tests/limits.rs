@@ -45,6 +45,16 @@ fn slowloris_is_closed_at_the_head_deadline_even_while_trickling() {
     assert!(started.elapsed() < Duration::from_secs(4));
     assert_eq!(up.count(), 0);
     assert_eq!(proxy.browser().get("/").status, 200, "others are served");
+    // The trickle is logged and counted; the silent connection is not.
+    proxy.wait_for_log(&[
+        "WARN",
+        "request head too slow; connection closed",
+        "server.header_read_timeout (1s)",
+    ]);
+    assert_eq!(
+        support::admin::metric(&proxy, "sessiongate_requests_total{class=\"4xx\"}"),
+        1.0
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -35,6 +35,10 @@ struct ActivityState {
     /// The raw-head framing verdict of the request about to be handled
     /// (see `head_tap`); only refusals are kept.
     refused: Mutex<Option<Refused>>,
+    /// Part of an HTTP/1 request head has arrived, not its end (see
+    /// `head_tap`): a head deadline passing now is a slow client, not an
+    /// idle one.
+    head_started: AtomicBool,
 }
 
 impl Activity {
@@ -58,6 +62,14 @@ impl Activity {
         if let Err(refused) = verdict {
             *self.0.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(refused);
         }
+    }
+
+    pub(super) fn set_head_started(&self, started: bool) {
+        self.0.head_started.store(started, Ordering::Release);
+    }
+
+    pub(super) fn head_started(&self) -> bool {
+        self.0.head_started.load(Ordering::Acquire)
     }
 
     pub(super) fn busy(&self) -> bool {
@@ -90,6 +102,16 @@ impl Drop for Busy {
             }
         }
     }
+}
+
+/// An HTTP/1 request head that began but did not end in time: the
+/// connection is closed, as nginx does, and the server logs and counts it.
+/// A connection that sent nothing, or an HTTP/2 one between requests, ends
+/// quietly instead.
+#[derive(Debug, thiserror::Error)]
+#[error("request head not complete within server.header_read_timeout ({after:?})")]
+pub struct SlowHead {
+    pub after: Duration,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -158,12 +180,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Deadlines<T> {
             Poll::Pending
                 if self.phase != Phase::Busy && self.sleep.as_mut().poll(cx).is_ready() =>
             {
-                let what = if self.phase == Phase::Idle {
-                    "keep-alive idle timeout"
-                } else {
-                    "request head timeout"
+                let error = match self.phase {
+                    Phase::Head if self.activity.head_started() => {
+                        io::Error::new(io::ErrorKind::TimedOut, SlowHead { after: self.head })
+                    }
+                    Phase::Head => io::Error::new(io::ErrorKind::TimedOut, "request head timeout"),
+                    _ => io::Error::new(io::ErrorKind::TimedOut, "keep-alive idle timeout"),
                 };
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
+                Poll::Ready(Err(error))
             }
             other => other,
         }

@@ -12,6 +12,11 @@
 //! proxy. A request pipelined behind another is not copied; the proxy
 //! re-frames every body itself, so such a request cannot desynchronise the
 //! upstream, it only escapes the stricter refusal.
+//!
+//! While a head is being copied the tap tells `Activity` so, which lets
+//! the head deadline tell a slow client from an idle one. A connection
+//! that opens with HTTP/2's preface is never tapped again: its frames
+//! between requests are no head.
 
 use std::io;
 use std::pin::Pin;
@@ -29,7 +34,14 @@ pub struct HeadTap<T> {
     copy: Option<Vec<u8>>,
     was_busy: bool,
     max: usize,
+    /// The connection began with HTTP/2's preface: there are no HTTP/1
+    /// heads to copy on it.
+    http2: bool,
 }
+
+/// How an HTTP/2 connection begins (RFC 9113 section 3.4); hyper reads
+/// it as a head before it hands the connection to its HTTP/2 server.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 impl<T> HeadTap<T> {
     pub fn new(inner: T, activity: Activity, max_head_bytes: usize) -> Self {
@@ -39,6 +51,7 @@ impl<T> HeadTap<T> {
             copy: Some(Vec::new()),
             was_busy: false,
             max: max_head_bytes,
+            http2: false,
         }
     }
 
@@ -62,20 +75,28 @@ impl<T> HeadTap<T> {
             && let Some(end) = head_end(bytes)
         {
             // The common case: the whole head in one read, checked in place.
+            self.http2 = bytes.starts_with(HTTP2_PREFACE);
             self.activity.set_framing(check_raw_request(&bytes[..end]));
             self.copy = None;
             return;
         }
         let start = copy.len().saturating_sub(2);
         copy.extend_from_slice(bytes);
+        self.activity.set_head_started(true);
         if let Some(end) = head_end(&copy[start..]) {
+            self.http2 = copy.starts_with(HTTP2_PREFACE);
             let verdict = check_raw_request(&copy[..start + end]);
             self.activity.set_framing(verdict);
-            self.copy = None;
+            self.done();
         } else if copy.len() > self.max {
-            // hyper refuses such a head itself (431).
-            self.copy = None;
+            // hyper refuses such a head itself (431), and reports it.
+            self.done();
         }
+    }
+
+    fn done(&mut self) {
+        self.copy = None;
+        self.activity.set_head_started(false);
     }
 }
 
@@ -86,7 +107,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadTap<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let busy = self.activity.busy();
-        if self.was_busy && !busy {
+        if self.was_busy && !busy && !self.http2 {
             // The last request ended: the next bytes start a new head.
             self.copy = Some(Vec::new());
         }
@@ -103,3 +124,41 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadTap<T> {
 }
 
 forward_async_write!(HeadTap);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    async fn feed(client: &mut DuplexStream, tap: &mut HeadTap<DuplexStream>, bytes: &[u8]) {
+        client.write_all(bytes).await.unwrap();
+        let mut buf = vec![0; bytes.len()];
+        tap.read_exact(&mut buf).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_partial_http1_head_counts_as_started_until_it_ends() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let activity = Activity::default();
+        let mut tap = HeadTap::new(server, activity.clone(), 4096);
+        feed(&mut client, &mut tap, b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+        assert!(activity.head_started());
+        feed(&mut client, &mut tap, b"\r\n").await;
+        assert!(!activity.head_started());
+    }
+
+    /// HTTP/2 frames between requests are never taken for a head.
+    #[tokio::test]
+    async fn nothing_after_the_http2_preface_counts_as_a_head() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let activity = Activity::default();
+        let mut tap = HeadTap::new(server, activity.clone(), 4096);
+        feed(&mut client, &mut tap, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+        let stream = activity.begin();
+        feed(&mut client, &mut tap, b"\0\0\x08\x06\0\0\0\0\0").await;
+        drop(stream);
+        // A PING between requests.
+        feed(&mut client, &mut tap, b"\0\0\x08\x06\0\0\0\0\0pingping").await;
+        assert!(!activity.head_started());
+    }
+}
