@@ -382,9 +382,26 @@ fn connection_failed(
     } else if let Some(slow) = slow_head(error) {
         metrics.response(StatusCode::REQUEST_TIMEOUT);
         warn!(%peer, error = %slow, "request head too slow; connection closed");
+    } else if let Some(violation) = http2_violation(error) {
+        warn!(%peer, error = %violation, "HTTP/2 connection closed for a protocol violation");
     } else {
         debug!(%peer, %error, "connection ended with an error");
     }
+}
+
+/// The GOAWAY the HTTP/2 layer sent, if it ended the connection over the
+/// client's conduct (a header block over its CONTINUATION limit, a flood
+/// of resets, a malformed frame): every stream on it ends, so it is worth
+/// a warning; a client that just went away is not.
+fn http2_violation<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Error> {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return (h2.is_go_away() && h2.is_library()).then_some(h2);
+        }
+        cause = e.source();
+    }
+    None
 }
 
 /// The [`SlowHead`] in `error`'s chain. It travels inside an `io::Error`,

@@ -169,3 +169,67 @@ fn a_cut_or_stalled_upstream_body_is_logged_with_its_request() {
         "the proxy keeps serving"
     );
 }
+
+/// An HTTP/2 frame: 24-bit length, type, flags, stream id, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut frame = len.to_be_bytes()[1..].to_vec();
+    frame.extend([kind, flags]);
+    frame.extend(stream.to_be_bytes());
+    frame.extend(payload);
+    frame
+}
+
+/// An HPACK integer with a 7-bit prefix (RFC 7541 section 5.1).
+fn hpack_length(mut n: usize) -> Vec<u8> {
+    if n < 127 {
+        return vec![n as u8];
+    }
+    let mut out = vec![127];
+    n -= 127;
+    while n >= 128 {
+        out.push((n % 128) as u8 | 0x80);
+        n /= 128;
+    }
+    out.push(n as u8);
+    out
+}
+
+/// A header block spread over more CONTINUATION frames than the HTTP/2
+/// layer's flood guard allows ends the whole connection with a GOAWAY: the
+/// proxy logs it with the peer and keeps serving.
+#[test]
+fn an_http2_continuation_flood_is_logged_and_the_proxy_keeps_serving() {
+    use std::io::{Read, Write};
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(up.addr, ""));
+    // GET http://x/ (static-table entries), then `x-big` of 1 MiB.
+    let mut block = vec![0x82, 0x86, 0x84, 0x41, 0x01, b'x', 0x00, 0x05];
+    block.extend(b"x-big");
+    block.extend(hpack_length(1 << 20));
+    block.extend(vec![b'a'; 1 << 20]);
+    let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    wire.extend(h2_frame(0x4, 0, 0, &[]));
+    let mut chunks = block.chunks(16_384).peekable();
+    wire.extend(h2_frame(0x1, 0x1, 1, chunks.next().unwrap()));
+    while let Some(chunk) = chunks.next() {
+        let end_headers = if chunks.peek().is_none() { 0x4 } else { 0 };
+        wire.extend(h2_frame(0x9, end_headers, 1, chunk));
+    }
+    let mut stream = std::net::TcpStream::connect(proxy.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // The proxy may close while this is still being written.
+    let _ = stream.write_all(&wire);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    proxy.wait_for_log(&[
+        "WARN",
+        "HTTP/2 connection closed for a protocol violation",
+        "excessive load",
+        "peer=127.0.0.1:",
+    ]);
+    assert_eq!(up.count(), 0);
+    assert_eq!(proxy.browser().get("/").status, 200);
+}
