@@ -326,12 +326,10 @@ async fn accept_loop<S: Store>(
             let io: Box<dyn Io> = match acceptor {
                 None => Box::new(io),
                 Some(acceptor) => {
-                    match tokio::time::timeout(server.header_read_timeout, acceptor.accept(io))
-                        .await
-                    {
-                        Ok(Ok(tls)) => Box::new(tls),
-                        Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => return debug!(%peer, "TLS handshake timed out"),
+                    let within = server.header_read_timeout;
+                    match tls::handshake(&acceptor, io, within, peer, metrics_of.metrics()).await {
+                        Some(tls) => Box::new(tls),
+                        None => return,
                     }
                 }
             };

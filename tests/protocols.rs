@@ -206,20 +206,58 @@ async fn repeated_content_length_over_http2_is_refused() {
     assert_eq!(up.count(), 0, "nothing reached the upstream");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_serves_http1_and_http2_by_alpn_and_says_https_upstream() {
+/// A proxy with TLS on its port, under a fresh self-signed certificate for
+/// `localhost`; the directory holds the PEM files.
+fn tls_proxy(
+    up: &Upstream,
+) -> (
+    Proxy,
+    rcgen::CertifiedKey<rcgen::KeyPair>,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().unwrap();
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, certified.cert.pem()).unwrap();
     std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
-    let up = setter();
     let extra = format!(
         "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[cookie]\nsecure = true\n",
         cert_path.display(),
         key_path.display()
     );
-    let proxy = Proxy::start(&config(up.addr, &extra));
+    (Proxy::start(&config(up.addr, &extra)), certified, dir)
+}
+
+/// As nginx does, plain HTTP on the TLS port gets a 400 that says why, a
+/// warning and a count; a client speaking neither gets a logged handshake
+/// failure; the port keeps serving.
+#[test]
+fn plain_http_on_the_tls_port_gets_a_400_saying_so() {
+    use std::io::{Read, Write};
+    let up = Upstream::ok();
+    let (proxy, _certified, _dir) = tls_proxy(&up);
+    for _ in 0..2 {
+        let reply = Conn::open(proxy.addr).exchange("GET", &request("GET", "/", &[], b""));
+        assert_eq!(reply.status, 400);
+        assert!(reply.text().contains("HTTPS"), "{}", reply.text());
+    }
+    proxy.wait_for_log(&["WARN", "plain HTTP sent to the TLS port", "peer=127.0.0.1:"]);
+    assert_eq!(
+        support::admin::metric(&proxy, "sessiongate_requests_total{class=\"4xx\"}"),
+        2.0
+    );
+    let mut junk = std::net::TcpStream::connect(proxy.addr).unwrap();
+    junk.write_all(&[0x80, 0x01, 0x02, 0x03, 0x04]).unwrap();
+    junk.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = junk.read_to_end(&mut Vec::new());
+    proxy.wait_for_log(&["INFO", "TLS handshake failed", "peer=127.0.0.1:"]);
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_http1_and_http2_by_alpn_and_says_https_upstream() {
+    let up = setter();
+    let (proxy, certified, _dir) = tls_proxy(&up);
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(certified.cert.der().clone()).unwrap();

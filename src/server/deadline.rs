@@ -143,6 +143,11 @@ impl<T> Deadlines<T> {
         }
     }
 
+    /// The stream it wraps, to look at without reading (`peek`).
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
     fn enter(&mut self, phase: Phase) {
         if self.phase == phase {
             return;
