@@ -187,11 +187,12 @@ fn session_headers_in_upstream_trailers_and_1xx_responses_never_reach_the_browse
 #[test]
 fn broken_upstream_operations_are_refused_the_response_delivered_the_session_unchanged() {
     let huge = format!("big=\"{}\"", "x".repeat(300_000));
-    // More than session.max_operations (256), within the head's line cap.
-    let many: String = (0..300)
+    // More than session.max_operations (256), within the head's line cap
+    // (max_operations + 1024).
+    let many: String = (0..1200)
         .map(|i| format!("X-Session-Set: k{i}=1\r\n"))
         .collect();
-    // Beyond max_operations + 128 lines the head itself is refused, as
+    // Beyond max_operations + 1024 lines the head itself is refused, as
     // nginx refuses a head larger than its buffer.
     let flood: String = (0..5000)
         .map(|i| format!("X-Session-Set: k{i}=1\r\n"))
