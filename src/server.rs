@@ -217,15 +217,15 @@ fn disk_store_writable(path: &std::path::Path) -> anyhow::Result<()> {
             .open(path)
             .with_context(|| format!("store.path: cannot open {} for writing", path.display()))?;
     }
-    let probe = dir.join(format!(".sessiongate-check-{}", std::process::id()));
+    let probe = dir.join(format!(".sessiongate-check-{:016x}", rand::random::<u64>()));
     std::fs::File::create_new(&probe).with_context(|| {
         format!(
             "store.path: cannot create files in the directory {}",
             dir.display()
         )
     })?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
+    std::fs::remove_file(&probe)
+        .with_context(|| format!("store.path: cannot remove {}", probe.display()))
 }
 
 async fn serve_with<S: Store>(
@@ -392,45 +392,34 @@ fn connection_failed(
 /// of resets, a malformed frame): every stream on it ends, so it is worth
 /// a warning; a client that just went away is not.
 fn http2_violation<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Error> {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return (h2.is_go_away() && h2.is_library()).then_some(h2);
-        }
-        cause = e.source();
-    }
-    None
+    causes(error)
+        .find_map(|e| e.downcast_ref::<h2::Error>())
+        .filter(|h2| h2.is_go_away() && h2.is_library())
 }
 
 /// The [`SlowHead`] in `error`'s chain. It travels inside an `io::Error`,
 /// whose `source()` skips the error it wraps, hence `get_ref`.
 fn slow_head<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a SlowHead> {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if let Some(slow) = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref)
-            .and_then(|inner| inner.downcast_ref::<SlowHead>())
-        {
-            return Some(slow);
-        }
-        cause = e.source();
-    }
-    None
+    causes(error).find_map(|e| {
+        e.downcast_ref::<std::io::Error>()?
+            .get_ref()?
+            .downcast_ref::<SlowHead>()
+    })
 }
 
 /// The hyper error in `error`'s chain if it is a request head hyper
 /// answered for itself (see `connection_failed`).
 fn refused_head<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a hyper::Error> {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            let answered = h.is_parse() && !h.is_parse_status() && !h.is_parse_version_h2();
-            return answered.then_some(h);
-        }
-        cause = e.source();
-    }
-    None
+    causes(error)
+        .find_map(|e| e.downcast_ref::<hyper::Error>())
+        .filter(|h| h.is_parse() && !h.is_parse_status() && !h.is_parse_version_h2())
+}
+
+/// `error` and its sources, outermost first.
+fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |e| e.source())
 }
 
 /// Waits for a connection slot, then a connection. Errors (out of file

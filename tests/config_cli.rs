@@ -278,3 +278,17 @@ fn a_writable_disk_store_directory_passes_check_and_stays_clean() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// The variable `SESSIONGATE_SECRET_ENV` names holds the secret, not a
+/// key, even when it carries the prefix or is a key's own name.
+#[test]
+fn a_secret_variable_named_from_the_environment_is_no_config_key() {
+    let text = "listen = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:3000\"\n";
+    for holder in ["SESSIONGATE_KEY", "SESSIONGATE_SECRET_VALUE"] {
+        let (code, err) = check(
+            text,
+            &[("SESSIONGATE_SECRET_ENV", holder), (holder, SECRET)],
+        );
+        assert_eq!(code, 0, "{holder}: {err}");
+    }
+}

@@ -124,15 +124,25 @@ pub fn apply_overrides(
     table: &mut toml::Table,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Overridden, Error> {
-    // The variable that holds the secret itself may carry our prefix.
-    let secret_var = table
-        .get("secret")
-        .and_then(|s| s.get("env"))
-        .and_then(|v| v.as_str())
-        .map(str::to_owned);
-    let mut vars: Vec<_> = vars
+    let vars: Vec<_> = vars
         .into_iter()
         .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
+    // The variable that holds the secret itself may carry our prefix; it is
+    // named by `SESSIONGATE_SECRET_ENV` if that is set, else by the file.
+    let secret_var = vars
+        .iter()
+        .find(|(name, _)| name == "SESSIONGATE_SECRET_ENV")
+        .map(|(_, value)| value.trim().to_owned())
+        .or_else(|| {
+            table
+                .get("secret")
+                .and_then(|s| s.get("env"))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        });
+    let mut vars: Vec<_> = vars
+        .into_iter()
         .filter(|(name, _)| !RESERVED.contains(&name.as_str()) && Some(name) != secret_var.as_ref())
         .collect();
     // Deterministic order, so that `upstream` is set before `upstream.*`.

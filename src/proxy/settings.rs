@@ -108,10 +108,6 @@ impl Settings {
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             // The original Host is forwarded, as most apps build URLs from it.
             .set_host(false)
-            // An upstream may send more operation lines than allowed;
-            // refusing them is our job (with a log line), not a parse
-            // error's (a 502), so the head holds max_operations plus
-            // HEADER_ROOM.
             .http1_max_headers(upstream_head_lines)
             .http1_max_buf_size(UPSTREAM_HEAD_BYTES)
             .build(CapturingConnector::new(connector.clone()));

@@ -13,8 +13,9 @@
 //! re-frames every body itself, so such a request cannot desynchronise the
 //! upstream, it only escapes the stricter refusal.
 //!
-//! While a head is being copied the tap tells `Activity` so, which lets
-//! the head deadline tell a slow client from an idle one. A connection
+//! While a head whose request line has arrived is being copied, the tap
+//! tells `Activity` so, which lets the head deadline tell a slow client
+//! from an idle one. A connection
 //! that opens with HTTP/2's preface is never tapped again: its frames
 //! between requests are no head.
 
@@ -37,6 +38,8 @@ pub struct HeadTap<T> {
     /// The connection began with HTTP/2's preface: there are no HTTP/1
     /// heads to copy on it.
     http2: bool,
+    /// The copy's first line has arrived (and was looked at).
+    line_seen: bool,
 }
 
 /// How an HTTP/2 connection begins (RFC 9113 section 3.4); hyper reads
@@ -52,6 +55,7 @@ impl<T> HeadTap<T> {
             was_busy: false,
             max: max_head_bytes,
             http2: false,
+            line_seen: false,
         }
     }
 
@@ -82,7 +86,14 @@ impl<T> HeadTap<T> {
         }
         let start = copy.len().saturating_sub(2);
         copy.extend_from_slice(bytes);
-        self.activity.set_head_started(true);
+        if !self.line_seen {
+            self.line_seen = memchr::memchr(b'\n', bytes).is_some();
+            let started = match self.line_seen {
+                true => is_request_line(copy),
+                false => opens_with_a_method(copy),
+            };
+            self.activity.set_head_started(started);
+        }
         if let Some(end) = head_end(&copy[start..]) {
             self.http2 = copy.starts_with(HTTP2_PREFACE);
             let verdict = check_raw_request(&copy[..start + end]);
@@ -96,8 +107,37 @@ impl<T> HeadTap<T> {
 
     fn done(&mut self) {
         self.copy = None;
+        self.line_seen = false;
         self.activity.set_head_started(false);
     }
+
+    /// The last request ended: the next bytes start a new head.
+    fn rearm(&mut self) {
+        self.done();
+        self.copy = Some(Vec::new());
+    }
+}
+
+/// Whether `copy`, whose first line is complete, opens with a request line
+/// (`METHOD target HTTP/1.x`): only then is a head under way. The rest of
+/// a request body that hyper reads after an early answer also arrives
+/// while no request is in flight, and must not pass for a slow head.
+fn is_request_line(copy: &[u8]) -> bool {
+    let line = copy.split(|&b| b == b'\n').next().unwrap_or(copy);
+    opens_with_a_method(line) && line.windows(6).any(|w| w == b" HTTP/")
+}
+
+/// Whether `copy` starts as a request line would, while that line is still
+/// arriving: a method's capitals, then a space or nothing yet. Only the
+/// first bytes are looked at, so a trickled line costs no rescans.
+fn opens_with_a_method(copy: &[u8]) -> bool {
+    const LONGEST: usize = 20;
+    let method = copy
+        .iter()
+        .take(LONGEST + 1)
+        .take_while(|b| b.is_ascii_uppercase())
+        .count();
+    (1..=LONGEST).contains(&method) && copy.get(method).is_none_or(|&b| b == b' ')
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for HeadTap<T> {
@@ -108,8 +148,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadTap<T> {
     ) -> Poll<io::Result<()>> {
         let busy = self.activity.busy();
         if self.was_busy && !busy && !self.http2 {
-            // The last request ended: the next bytes start a new head.
-            self.copy = Some(Vec::new());
+            self.rearm();
         }
         self.was_busy = busy;
         let before = buf.filled().len();
@@ -136,12 +175,33 @@ mod tests {
         tap.read_exact(&mut buf).await.unwrap();
     }
 
+    /// The rest of a request body, read after an early answer, is no head.
+    #[tokio::test]
+    async fn body_bytes_between_requests_are_no_head() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let activity = Activity::default();
+        let mut tap = HeadTap::new(server, activity.clone(), 4096);
+        feed(
+            &mut client,
+            &mut tap,
+            b"POST / HTTP/1.1\r\nContent-Length: 22\r\n\r\n",
+        )
+        .await;
+        let answered_early = activity.begin();
+        feed(&mut client, &mut tap, b"field=1&").await;
+        drop(answered_early);
+        feed(&mut client, &mut tap, b"other=2\nmore\n").await;
+        assert!(!activity.head_started());
+    }
+
     #[tokio::test]
     async fn a_partial_http1_head_counts_as_started_until_it_ends() {
         let (mut client, server) = tokio::io::duplex(4096);
         let activity = Activity::default();
         let mut tap = HeadTap::new(server, activity.clone(), 4096);
-        feed(&mut client, &mut tap, b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+        feed(&mut client, &mut tap, b"GE").await;
+        assert!(activity.head_started(), "a method arriving");
+        feed(&mut client, &mut tap, b"T / HTTP/1.1\r\nHost: x\r\n").await;
         assert!(activity.head_started());
         feed(&mut client, &mut tap, b"\r\n").await;
         assert!(!activity.head_started());
@@ -155,10 +215,12 @@ mod tests {
         let mut tap = HeadTap::new(server, activity.clone(), 4096);
         feed(&mut client, &mut tap, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
         let stream = activity.begin();
-        feed(&mut client, &mut tap, b"\0\0\x08\x06\0\0\0\0\0").await;
+        // An empty SETTINGS frame while a stream is open.
+        feed(&mut client, &mut tap, b"\0\0\0\x04\0\0\0\0\0").await;
         drop(stream);
-        // A PING between requests.
-        feed(&mut client, &mut tap, b"\0\0\x08\x06\0\0\0\0\0pingping").await;
+        // A PING between requests whose payload reads like a request line.
+        feed(&mut client, &mut tap, b"\0\0\x08\x06\0\0\0\0\0").await;
+        feed(&mut client, &mut tap, b"G HTTP/\n").await;
         assert!(!activity.head_started());
     }
 }

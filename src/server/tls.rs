@@ -22,10 +22,6 @@ use super::deadline::Deadlines;
 use crate::config::TlsConfig;
 use crate::metrics::Metrics;
 
-/// The first byte of every TLS connection: a handshake record's content
-/// type (RFC 8446 section 5.1). An HTTP request starts with a method.
-const HANDSHAKE_RECORD: u8 = 0x16;
-
 const PLAIN_HTTP_BODY: &str = "This port speaks HTTPS: the plain HTTP request was sent to it.\n";
 
 /// How long, and how much, the request of a plain-HTTP client is read
@@ -47,7 +43,9 @@ pub async fn handshake(
     let mut first = [0u8; 1];
     match tokio::time::timeout_at(deadline, io.get_ref().peek(&mut first)).await {
         Ok(Ok(0)) => debug!(%peer, "closed before its TLS handshake"),
-        Ok(Ok(_)) if first[0] != HANDSHAKE_RECORD && first[0].is_ascii_alphabetic() => {
+        // A TLS connection opens with a record's content type (0x16 for a
+        // handshake, RFC 8446 section 5.1); an HTTP request with a method.
+        Ok(Ok(_)) if first[0].is_ascii_alphabetic() => {
             metrics.response(StatusCode::BAD_REQUEST);
             warn!(%peer, "plain HTTP sent to the TLS port; answered 400");
             answer_plain_http(io).await;
@@ -58,7 +56,8 @@ pub async fn handshake(
             Err(_) => info!(%peer, ?within, "TLS handshake timed out"),
         },
         Ok(Err(e)) => debug!(%peer, error = %e, "connection failed before TLS"),
-        Err(_) => info!(%peer, ?within, "TLS handshake timed out"),
+        // Nothing sent: idleness, which the plain port closes quietly too.
+        Err(_) => debug!(%peer, ?within, "no TLS handshake began in time"),
     }
     None
 }
