@@ -13,11 +13,10 @@
 //! re-frames every body itself, so such a request cannot desynchronise the
 //! upstream, it only escapes the stricter refusal.
 //!
-//! While a head whose request line has arrived is being copied, the tap
+//! While a head that opens like a request line is being copied, the tap
 //! tells `Activity` so, which lets the head deadline tell a slow client
-//! from an idle one. A connection
-//! that opens with HTTP/2's preface is never tapped again: its frames
-//! between requests are no head.
+//! from an idle one. A connection that opens with HTTP/2's preface is
+//! never tapped again: its frames between requests are no head.
 
 use std::io;
 use std::pin::Pin;
