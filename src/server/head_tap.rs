@@ -168,6 +168,18 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
+    /// A tap over an in-memory connection: (the client's end, the tap, its
+    /// connection's activity).
+    fn tapped() -> (DuplexStream, HeadTap<DuplexStream>, Activity) {
+        let (client, server) = tokio::io::duplex(4096);
+        let activity = Activity::default();
+        (
+            client,
+            HeadTap::new(server, activity.clone(), 4096),
+            activity,
+        )
+    }
+
     async fn feed(client: &mut DuplexStream, tap: &mut HeadTap<DuplexStream>, bytes: &[u8]) {
         client.write_all(bytes).await.unwrap();
         let mut buf = vec![0; bytes.len()];
@@ -177,9 +189,7 @@ mod tests {
     /// The rest of a request body, read after an early answer, is no head.
     #[tokio::test]
     async fn body_bytes_between_requests_are_no_head() {
-        let (mut client, server) = tokio::io::duplex(4096);
-        let activity = Activity::default();
-        let mut tap = HeadTap::new(server, activity.clone(), 4096);
+        let (mut client, mut tap, activity) = tapped();
         feed(
             &mut client,
             &mut tap,
@@ -195,9 +205,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_partial_http1_head_counts_as_started_until_it_ends() {
-        let (mut client, server) = tokio::io::duplex(4096);
-        let activity = Activity::default();
-        let mut tap = HeadTap::new(server, activity.clone(), 4096);
+        let (mut client, mut tap, activity) = tapped();
         feed(&mut client, &mut tap, b"GE").await;
         assert!(activity.head_started(), "a method arriving");
         feed(&mut client, &mut tap, b"T / HTTP/1.1\r\nHost: x\r\n").await;
@@ -209,9 +217,7 @@ mod tests {
     /// HTTP/2 frames between requests are never taken for a head.
     #[tokio::test]
     async fn nothing_after_the_http2_preface_counts_as_a_head() {
-        let (mut client, server) = tokio::io::duplex(4096);
-        let activity = Activity::default();
-        let mut tap = HeadTap::new(server, activity.clone(), 4096);
+        let (mut client, mut tap, activity) = tapped();
         feed(&mut client, &mut tap, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
         let stream = activity.begin();
         // An empty SETTINGS frame while a stream is open.
