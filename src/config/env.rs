@@ -16,23 +16,6 @@ const RESERVED: &[&str] = &["SESSIONGATE_CONFIG"];
 /// The mutually exclusive ways to give the secret.
 const SECRET_SOURCES: [&str; 3] = ["value", "env", "file"];
 
-/// Variables that set the same thing, so at most one of each group may be
-/// given: with two, one would win silently by name order.
-const EXCLUSIVE: &[(&[&str], &str)] = &[
-    (
-        &["SESSIONGATE_UPSTREAM", "SESSIONGATE_UPSTREAM_URL"],
-        "the upstream's url",
-    ),
-    (
-        &[
-            "SESSIONGATE_SECRET_VALUE",
-            "SESSIONGATE_SECRET_ENV",
-            "SESSIONGATE_SECRET_FILE",
-        ],
-        "the secret",
-    ),
-];
-
 /// How a variable's text becomes a TOML value.
 #[derive(Clone, Copy)]
 enum Kind {
@@ -193,13 +176,25 @@ pub fn source_of<'a>(overridden: &'a Overridden, key: &str) -> Option<&'a str> {
         .map(|(_, var)| var.as_str())
 }
 
-/// Two variables of one [`EXCLUSIVE`] group are an error naming both.
+/// Two variables that set the same thing (the upstream's url, by its
+/// shorthand or its key; the secret, by any two of its sources) are an
+/// error naming both: otherwise one would win silently by name order.
 fn refuse_conflicts(vars: &[(String, String)]) -> Result<(), Error> {
-    for (group, what) in EXCLUSIVE {
+    let groups = [
+        (
+            vec![var_name("", "upstream"), var_name("upstream", "url")],
+            "the upstream's url",
+        ),
+        (
+            SECRET_SOURCES.map(|key| var_name("secret", key)).to_vec(),
+            "the secret",
+        ),
+    ];
+    for (group, what) in groups {
         let mut given = vars
             .iter()
             .map(|(name, _)| name)
-            .filter(|name| group.contains(&name.as_str()));
+            .filter(|name| group.contains(name));
         if let (Some(first), Some(second)) = (given.next(), given.next()) {
             return Err(Error::Env {
                 var: first.clone(),
