@@ -13,6 +13,12 @@
 //! ratios, and writes the results with the machine's description to
 //! BENCHMARKS.md. Not a test: it asserts nothing.
 //!
+//! Scenario (a) also measures the floor: a reverse proxy made of hyper's
+//! server and pooled client and nothing else (`hyper_floor`, this same
+//! binary started with `--hyper-floor`), on the same runtime and allocator
+//! as sessiongate. Its ratio to nginx is what no proxy built on hyper can
+//! go below; sessiongate's ratio to it is the cost of the sessions.
+//!
 //! Needs nginx, oha (`cargo install oha --locked`), redis-server, taskset.
 //! BENCH_SECONDS (per run, default 3), BENCH_ROUNDS (default 3),
 //! BENCH_RATE (fixed-rate requests/s, default 5000), BENCH_SCENARIOS (e.g.
@@ -24,6 +30,11 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+// The allocator sessiongate's binary uses, so that the hyper floor and the
+// memory figure are measured as in production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PROXY_CPU: &str = "0";
 const LOAD_CPU: &str = "1";
@@ -200,6 +211,74 @@ fn sessiongate(dir: &Path, port: u16, upstream: u16, store: Store, redis_port: u
     Running(child)
 }
 
+/// The hyper floor, started as a child of this binary on the proxies' CPU.
+fn floor_proxy(port: u16, upstream: u16) -> Running {
+    let exe = std::env::current_exe().expect("the bench binary's path");
+    let child = pinned(PROXY_CPU, exe.to_str().expect("a UTF-8 path"))
+        .args(["--hyper-floor", &port.to_string(), &upstream.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the hyper floor");
+    wait_listening(port);
+    Running(child)
+}
+
+/// A reverse proxy with hyper and nothing else: sessiongate's runtime (one
+/// current-thread runtime, as with `server.workers = 1`), HTTP/1.1 server
+/// and pooled client, no checks, no headers touched but the target.
+fn hyper_floor(port: u16, upstream: u16) {
+    use http_body_util::Full;
+    use hyper::body::Incoming;
+    use hyper::{Request, Response};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let client = Client::builder(TokioExecutor::new()).build_http::<Incoming>();
+        let base = format!("http://127.0.0.1:{upstream}");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (client, base) = (client.clone(), base.clone());
+            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                let client = client.clone();
+                let target = format!(
+                    "{base}{}",
+                    req.uri().path_and_query().map_or("/", |p| p.as_str())
+                );
+                async move {
+                    *req.uri_mut() = target.parse().unwrap();
+                    match client.request(req).await {
+                        Ok(rsp) => {
+                            Ok::<_, std::convert::Infallible>(rsp.map(http_body_util::Either::Left))
+                        }
+                        Err(_) => Ok(Response::builder()
+                            .status(502)
+                            .body(http_body_util::Either::Right(
+                                Full::new(bytes::Bytes::new()),
+                            ))
+                            .unwrap()),
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
 /// A session cookie with data, from one real request through sessiongate.
 fn session_cookie(port: u16) -> String {
     use std::io::{Read, Write};
@@ -303,6 +382,55 @@ fn measure(
         cpu_us: cpu as f64 / 1000.0 / ok(&fixed).max(1.0),
         cpu_max_us: max_cpu as f64 / 1000.0 / ok(&max).max(1.0),
         errors: (total(&max) - ok(&max)) + (total(&fixed) - ok(&fixed)),
+    }
+}
+
+/// One scenario at one connection count: the medians of each proxy's runs.
+struct Row {
+    nginx: Measure,
+    sessiongate: Measure,
+    /// The hyper floor, measured in scenario (a) only.
+    floor: Option<Measure>,
+}
+
+impl Row {
+    /// Each measured proxy with its name.
+    fn proxies(&self) -> Vec<(&'static str, &Measure)> {
+        let mut all = vec![("nginx", &self.nginx), ("sessiongate", &self.sessiongate)];
+        all.extend(self.floor.as_ref().map(|f| ("hyper alone", f)));
+        all
+    }
+
+    /// Ratios to nginx, and sessiongate's to the floor.
+    fn ratios(&self) -> Vec<(&'static str, Ratios)> {
+        let mut all = vec![(
+            "sessiongate/nginx",
+            Ratios::of(&self.sessiongate, &self.nginx),
+        )];
+        if let Some(floor) = &self.floor {
+            all.push(("hyper alone/nginx", Ratios::of(floor, &self.nginx)));
+            all.push((
+                "sessiongate/hyper alone",
+                Ratios::of(&self.sessiongate, floor),
+            ));
+        }
+        all
+    }
+}
+
+/// One proxy's figures divided by another's.
+struct Ratios([f64; 6]);
+
+impl Ratios {
+    fn of(a: &Measure, b: &Measure) -> Ratios {
+        Ratios([
+            a.rps / b.rps,
+            a.p50_ms / b.p50_ms,
+            a.p99_ms / b.p99_ms,
+            a.p999_ms / b.p999_ms,
+            a.cpu_us / b.cpu_us,
+            a.cpu_max_us / b.cpu_max_us,
+        ])
     }
 }
 
@@ -421,8 +549,17 @@ fn memory_for_sessions(n: usize) -> (f64, usize) {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
         return;
+    }
+    if let Some(at) = args.iter().position(|a| a == "--hyper-floor") {
+        let port = |i: usize| {
+            args[at + i]
+                .parse()
+                .expect("--hyper-floor PORT UPSTREAM_PORT")
+        };
+        return hyper_floor(port(1), port(2));
     }
     let seconds: u64 = env_or("BENCH_SECONDS", 3);
     let rounds: usize = env_or("BENCH_ROUNDS", 3);
@@ -476,7 +613,9 @@ fn main() {
     println!("machine: {}", machine());
 
     let mut report = String::new();
-    let mut rows: BTreeMap<(String, usize), (Measure, Measure)> = BTreeMap::new();
+    let mut rows: BTreeMap<(String, usize), Row> = BTreeMap::new();
+    let floor_port = free_port();
+    let floor = floor_proxy(floor_port, upstream);
     for scenario in SCENARIOS
         .iter()
         .filter(|s| wanted.split(',').any(|w| w.trim() == s.key))
@@ -484,34 +623,30 @@ fn main() {
         let port = free_port();
         let sg = sessiongate(dir.path(), port, upstream, scenario.store, redis_port);
         let cookie = session_cookie(port);
+        // The floor proxies the same traffic in every scenario; measured once.
+        let with_floor = scenario.key == "a";
         for &c in &connections {
-            let (mut ng_runs, mut sg_runs) = (vec![], vec![]);
+            let (mut ng_runs, mut sg_runs, mut floor_runs) = (vec![], vec![], vec![]);
+            let run =
+                |port: u16, pid: u32| measure(port, pid, scenario, Some(&cookie), c, rate, seconds);
             for _ in 0..rounds {
-                ng_runs.push(measure(
-                    nginx_port,
-                    nginx_proxy.0.id(),
-                    scenario,
-                    Some(&cookie),
-                    c,
-                    rate,
-                    seconds,
-                ));
-                sg_runs.push(measure(
-                    port,
-                    sg.0.id(),
-                    scenario,
-                    Some(&cookie),
-                    c,
-                    rate,
-                    seconds,
-                ));
+                ng_runs.push(run(nginx_port, nginx_proxy.0.id()));
+                sg_runs.push(run(port, sg.0.id()));
+                if with_floor {
+                    floor_runs.push(run(floor_port, floor.0.id()));
+                }
             }
-            let (ng, s) = (combine(&ng_runs), combine(&sg_runs));
-            print_row(scenario, c, &ng, &s);
-            rows.insert((scenario.key.to_owned(), c), (ng, s));
+            let row = Row {
+                nginx: combine(&ng_runs),
+                sessiongate: combine(&sg_runs),
+                floor: with_floor.then(|| combine(&floor_runs)),
+            };
+            print_row(scenario, c, &row);
+            rows.insert((scenario.key.to_owned(), c), row);
         }
         drop(sg);
     }
+    drop(floor);
     let (mib, size) = memory_for_sessions(1_000_000);
     println!("memory store: 1,000,000 sessions of {size} bytes JSON held in {mib:.0} MiB RSS");
 
@@ -523,39 +658,36 @@ fn main() {
     let _ = writeln!(report, "- machine: {}", machine());
     let _ = writeln!(
         report,
-        "- {seconds} s per run, {rounds} rounds alternating nginx and sessiongate (medians), fixed rate {rate} requests/s for latency and CPU"
+        "- {seconds} s per run, {rounds} rounds alternating nginx, sessiongate and, in (a), hyper alone (medians), fixed rate {rate} requests/s for latency and CPU"
     );
     let _ = writeln!(
         report,
-        "- both proxies: one worker on CPU {PROXY_CPU}; oha, the upstream (nginx `return 200`) and Redis on CPU {LOAD_CPU}\n"
+        "- the proxies: one worker on CPU {PROXY_CPU}; oha, the upstream (nginx `return 200`) and Redis on CPU {LOAD_CPU}\n- hyper alone: a reverse proxy of hyper's HTTP/1.1 server and pooled client and nothing else, on sessiongate's runtime and allocator (benches/proxy.rs `hyper_floor`): the floor for any proxy built on hyper\n"
     );
     let _ = writeln!(
         report,
         "| scenario | conns | proxy | max rps | p50 ms | p99 ms | p99.9 ms | CPU µs/req at fixed rate | CPU µs/req at max rps | errors |"
     );
     let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|---|");
-    for ((key, c), (ng, s)) in &rows {
+    for ((key, c), row) in &rows {
         let title = SCENARIOS
             .iter()
             .find(|x| x.key == key)
             .map_or("", |x| x.title);
-        for (name, m) in [("nginx", ng), ("sessiongate", s)] {
+        for (name, m) in row.proxies() {
             let _ = writeln!(
                 report,
                 "| ({key}) {title} | {c} | {name} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} |",
                 m.rps, m.p50_ms, m.p99_ms, m.p999_ms, m.cpu_us, m.cpu_max_us, m.errors
             );
         }
-        let _ = writeln!(
-            report,
-            "| ({key}) ratio | {c} | sessiongate/nginx | {:.2}x | {:.2}x | {:.2}x | {:.2}x | **{:.2}x** | **{:.2}x** | |",
-            s.rps / ng.rps,
-            s.p50_ms / ng.p50_ms,
-            s.p99_ms / ng.p99_ms,
-            s.p999_ms / ng.p999_ms,
-            s.cpu_us / ng.cpu_us,
-            s.cpu_max_us / ng.cpu_max_us
-        );
+        for (name, Ratios(r)) in row.ratios() {
+            let _ = writeln!(
+                report,
+                "| ({key}) ratio | {c} | {name} | {:.2}x | {:.2}x | {:.2}x | {:.2}x | **{:.2}x** | **{:.2}x** | |",
+                r[0], r[1], r[2], r[3], r[4], r[5]
+            );
+        }
     }
     let _ = writeln!(
         report,
@@ -568,26 +700,22 @@ fn main() {
     println!("written to {}", out.display());
 }
 
-fn print_row(scenario: &Scenario, c: usize, ng: &Measure, s: &Measure) {
+fn print_row(scenario: &Scenario, c: usize, row: &Row) {
     println!("\n({}) {}, {c} connections", scenario.key, scenario.title);
     println!(
-        "  {:<12} {:>9} {:>8} {:>8} {:>9} {:>11} {:>11} {:>7}",
+        "  {:<24} {:>9} {:>8} {:>8} {:>9} {:>11} {:>11} {:>7}",
         "", "max rps", "p50 ms", "p99 ms", "p99.9 ms", "CPU us/req", "CPU at max", "errors"
     );
-    for (name, m) in [("nginx", ng), ("sessiongate", s)] {
+    for (name, m) in row.proxies() {
         println!(
-            "  {:<12} {:>9.0} {:>8.2} {:>8.2} {:>9.2} {:>11.1} {:>11.1} {:>7}",
+            "  {:<24} {:>9.0} {:>8.2} {:>8.2} {:>9.2} {:>11.1} {:>11.1} {:>7}",
             name, m.rps, m.p50_ms, m.p99_ms, m.p999_ms, m.cpu_us, m.cpu_max_us, m.errors
         );
     }
-    println!(
-        "  {:<12} {:>8.2}x {:>7.2}x {:>7.2}x {:>8.2}x {:>10.2}x {:>10.2}x",
-        "ratio",
-        s.rps / ng.rps,
-        s.p50_ms / ng.p50_ms,
-        s.p99_ms / ng.p99_ms,
-        s.p999_ms / ng.p999_ms,
-        s.cpu_us / ng.cpu_us,
-        s.cpu_max_us / ng.cpu_max_us
-    );
+    for (name, Ratios(r)) in row.ratios() {
+        println!(
+            "  {:<24} {:>8.2}x {:>7.2}x {:>7.2}x {:>8.2}x {:>10.2}x {:>10.2}x",
+            name, r[0], r[1], r[2], r[3], r[4], r[5]
+        );
+    }
 }
