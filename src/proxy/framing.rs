@@ -53,7 +53,7 @@ pub fn head_end(bytes: &[u8]) -> Option<usize> {
 /// that does not parse here is left to hyper, which parsed it already.
 pub fn check_raw_request(head: &[u8]) -> Result<(), Refused> {
     // Most heads have no Transfer-Encoding at all: skip the parse.
-    if !contains_ignore_case(head, b"transfer-encoding") {
+    if !has_line_starting_with(head, b"transfer-encoding") {
         return Ok(());
     }
     let count = memchr::memchr_iter(b'\n', head).count().max(1);
@@ -73,17 +73,14 @@ pub fn check_raw_request(head: &[u8]) -> Result<(), Refused> {
     Ok(())
 }
 
-fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    let (first, rest) = (needle[0], &needle[1..]);
-    memchr::memchr2_iter(
-        first.to_ascii_lowercase(),
-        first.to_ascii_uppercase(),
-        haystack,
-    )
-    .any(|i| {
-        haystack
-            .get(i + 1..i + needle.len())
-            .is_some_and(|w| w.eq_ignore_ascii_case(rest))
+/// Whether a line after the first begins with `name`, in any case. A header
+/// name always begins a line (hyper refuses a folded one), and looking only
+/// there skips the many `t`s of a cookie that a search of the whole head
+/// for "transfer-encoding" would stop at.
+fn has_line_starting_with(head: &[u8], name: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', head).any(|i| {
+        head.get(i + 1..i + 1 + name.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(name))
     })
 }
 
@@ -131,6 +128,13 @@ mod tests {
             Ok(())
         );
         assert_eq!(check_raw_request(b"PRI * HTTP/2.0\r\n\r\n"), Ok(()));
+        let any_case =
+            b"POST / HTTP/1.1\r\nContent-Length: 6\r\ntRaNsFeR-eNcOdInG: chunked\r\n\r\n";
+        assert_eq!(check_raw_request(any_case), Err(Refused::Conflicting));
+        // Only a header's name counts, not the words in a value.
+        let in_a_value =
+            b"POST / HTTP/1.1\r\nX-Note: transfer-encoding: chunked\r\nContent-Length: 6\r\n\r\n";
+        assert_eq!(check_raw_request(in_a_value), Ok(()));
         let bare_lf =
             b"POST / HTTP/1.1\nHost: a\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\r\n\r\n";
         let end = head_end(bare_lf).unwrap();
