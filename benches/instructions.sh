@@ -6,6 +6,10 @@
 #
 #     bash benches/instructions.sh            # prints instructions/request
 #
+# It counts the same load through "hyper alone" too: the floor proxy of
+# `cargo bench --bench proxy` (hyper's server and pooled client, nothing
+# else), so the difference is what the sessions cost.
+#
 # Needs valgrind, nginx and oha (`cargo install oha --locked`). Leaves the
 # callgrind profile in $OUT (default target/callgrind) for callgrind_annotate.
 set -euo pipefail
@@ -18,10 +22,19 @@ REQUESTS=${REQUESTS:-4000}
 rm -rf "$OUT" && mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cargo build --release --locked --quiet
+# The bench binary that starts the floor proxy with --hyper-floor.
+floor_bin=$(cargo bench --bench proxy --locked --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "proxy" and m.get("executable"):
+        print(m["executable"])')
+[ -x "$floor_bin" ] || { echo "could not build the bench binary (benches/proxy.rs)" >&2; exit 1; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port)
 PROXY=$(free_port)
+FLOOR=$(free_port)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 
@@ -57,28 +70,49 @@ workers = 1
 [admin]
 listen = "off"
 EOF
-RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
-    target/release/sessiongate --config "$OUT/sessiongate.toml" >"$OUT/valgrind.log" 2>&1 &
-vg=$!
-pids+=($vg)
-for _ in $(seq 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$PROXY/" && break
-    sleep 0.2
-done
+# Starts a proxy under callgrind on $port and waits until it answers.
+start() {
+    local name=$1
+    port=$2
+    shift 2
+    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/$name.out" \
+        "$@" >"$OUT/$name.valgrind.log" 2>&1 &
+    vg=$!
+    pids+=($vg)
+    for _ in $(seq 100); do
+        curl -s -o /dev/null "http://127.0.0.1:$port/" && break
+        sleep 0.2
+    done
+}
+# Warms the started proxy up, counts $REQUESTS requests, stops it, and
+# prints its instructions per request; sets $profile and its $listing.
+count() {
+    load() { oha --no-tui -n "$1" -c 10 -H "Cookie: $cookie" "http://127.0.0.1:$port/" >/dev/null; }
+    load 1000                                  # warm up: connections, pairing, caches
+    callgrind_control -z "$vg" >/dev/null 2>&1 # count from here
+    load "$REQUESTS"
+    callgrind_control -d "$vg" >/dev/null 2>&1
+    sleep 1
+    kill "$vg" 2>/dev/null || true
+    profile=$(ls -t "$OUT/$name".out.* | head -1)
+    listing=$(callgrind_annotate --auto=no --threshold=100 "$profile" 2>/dev/null)
+    awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print int($1 / '"$REQUESTS"') }' <<<"$listing"
+}
+
+name=sessiongate
+start "$name" "$PROXY" target/release/sessiongate --config "$OUT/sessiongate.toml"
 cookie=$(curl -si "http://127.0.0.1:$PROXY/set" | tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \([^;]*\).*/\1/p')
 [ -n "$cookie" ] || { echo "no session cookie from the proxy" >&2; exit 1; }
-load() { oha --no-tui -n "$1" -c 10 -H "Cookie: $cookie" "http://127.0.0.1:$PROXY/" >/dev/null; }
-load 1000                               # warm up: connections, pairing, caches
-callgrind_control -z "$vg" >/dev/null 2>&1   # count from here
-load "$REQUESTS"
-callgrind_control -d "$vg" >/dev/null 2>&1
-sleep 1
-profile=$(ls -t "$OUT"/callgrind.out.* | head -1)
-listing=$(callgrind_annotate --auto=no --threshold=100 "$profile" 2>/dev/null)
-total=$(awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }' <<<"$listing")
+count >"$OUT/count"
 # valgrind's CPU has no SHA extensions, so sha2 falls back to its portable
 # compression function here; on a CPU with SHA-NI (cpuinfo flag sha_ni) the
 # cookie's HMAC costs a small fraction of this share.
 sha=$(awk '/sha2::sha256::compress256/ { gsub(",", "", $1); n += $1 } END { print n + 0 }' <<<"$listing")
-echo "sessiongate: $((total / REQUESTS)) instructions per request (scenario a; profile: $profile)"
+echo "sessiongate: $(cat "$OUT/count") instructions per request (scenario a; profile: $profile)"
 echo "  of which SHA-256 in software (HMAC of the cookie): $((sha / REQUESTS))"
+
+# The same requests, cookie and all, through the floor.
+name=floor
+start "$name" "$FLOOR" "$floor_bin" --hyper-floor "$FLOOR" "$UP"
+count >"$OUT/count"
+echo "hyper alone: $(cat "$OUT/count") instructions per request (profile: $profile)"
