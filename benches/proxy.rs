@@ -199,14 +199,18 @@ fn sessiongate(dir: &Path, port: u16, upstream: u16, store: Store, redis_port: u
          [cookie]\nsecure = false\n[server]\nworkers = 1\n[store]\n{store}\n[admin]\nlisten = \"off\"\n"
     );
     std::fs::write(&conf, text).unwrap();
-    let child = pinned(PROXY_CPU, env!("CARGO_BIN_EXE_sessiongate"))
-        .arg("--config")
-        .arg(&conf)
-        .env("RUST_LOG", "warn")
+    let mut cmd = pinned(PROXY_CPU, env!("CARGO_BIN_EXE_sessiongate"));
+    cmd.arg("--config").arg(&conf).env("RUST_LOG", "warn");
+    serving(cmd, port, "sessiongate")
+}
+
+/// Starts a proxy, quiet, and waits until it listens on `port`.
+fn serving(mut cmd: Command, port: u16, what: &str) -> Running {
+    let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("sessiongate");
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     wait_listening(port);
     Running(child)
 }
@@ -214,14 +218,9 @@ fn sessiongate(dir: &Path, port: u16, upstream: u16, store: Store, redis_port: u
 /// The hyper floor, started as a child of this binary on the proxies' CPU.
 fn floor_proxy(port: u16, upstream: u16) -> Running {
     let exe = std::env::current_exe().expect("the bench binary's path");
-    let child = pinned(PROXY_CPU, exe.to_str().expect("a UTF-8 path"))
-        .args(["--hyper-floor", &port.to_string(), &upstream.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the hyper floor");
-    wait_listening(port);
-    Running(child)
+    let mut cmd = pinned(PROXY_CPU, exe.to_str().expect("a UTF-8 path"));
+    cmd.args(["--hyper-floor", &port.to_string(), &upstream.to_string()]);
+    serving(cmd, port, "the hyper floor")
 }
 
 /// A reverse proxy with hyper and nothing else: sessiongate's runtime (one
