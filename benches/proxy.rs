@@ -16,8 +16,9 @@
 //! Scenario (a) also measures the floor: a reverse proxy made of hyper's
 //! server and pooled client and nothing else (`hyper_floor`, this same
 //! binary started with `--hyper-floor`), on the same runtime and allocator
-//! as sessiongate. Its ratio to nginx is what no proxy built on hyper can
-//! go below; sessiongate's ratio to it is the cost of the sessions.
+//! as sessiongate. Its ratio to nginx is about what a proxy built on hyper
+//! costs before it does any work of its own; sessiongate's ratio to it is
+//! the cost of the sessions.
 //!
 //! Needs nginx, oha (`cargo install oha --locked`), redis-server, taskset.
 //! BENCH_SECONDS (per run, default 3), BENCH_ROUNDS (default 3),
@@ -661,7 +662,7 @@ fn main() {
     );
     let _ = writeln!(
         report,
-        "- the proxies: one worker on CPU {PROXY_CPU}; oha, the upstream (nginx `return 200`) and Redis on CPU {LOAD_CPU}\n- hyper alone: a reverse proxy of hyper's HTTP/1.1 server and pooled client and nothing else, on sessiongate's runtime and allocator (benches/proxy.rs `hyper_floor`): the floor for any proxy built on hyper\n"
+        "- the proxies: one worker on CPU {PROXY_CPU}; oha, the upstream (nginx `return 200`) and Redis on CPU {LOAD_CPU}\n- hyper alone: a reverse proxy of hyper's HTTP/1.1 server and pooled client and nothing else, on sessiongate's runtime and allocator (benches/proxy.rs `hyper_floor`): about what a proxy built on hyper costs before any work of its own\n"
     );
     let _ = writeln!(
         report,
