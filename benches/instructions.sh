@@ -84,9 +84,10 @@ start() {
         sleep 0.2
     done
 }
-# Warms the started proxy up, counts $REQUESTS requests, stops it, and
-# prints its instructions per request; sets $profile and its $listing.
+# Warms the proxy started as $1 up, counts $REQUESTS requests, stops it,
+# and prints its instructions per request; sets $profile and its $listing.
 count() {
+    local name=$1
     load() { oha --no-tui -n "$1" -c 10 -H "Cookie: $cookie" "http://127.0.0.1:$port/" >/dev/null; }
     load 1000                                  # warm up: connections, pairing, caches
     callgrind_control -z "$vg" >/dev/null 2>&1 # count from here
@@ -103,7 +104,7 @@ name=sessiongate
 start "$name" "$PROXY" target/release/sessiongate --config "$OUT/sessiongate.toml"
 cookie=$(curl -si "http://127.0.0.1:$PROXY/set" | tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \([^;]*\).*/\1/p')
 [ -n "$cookie" ] || { echo "no session cookie from the proxy" >&2; exit 1; }
-count >"$OUT/count"
+count "$name" >"$OUT/count"
 # valgrind's CPU has no SHA extensions, so sha2 falls back to its portable
 # compression function here; on a CPU with SHA-NI (cpuinfo flag sha_ni) the
 # cookie's HMAC costs a small fraction of this share.
@@ -114,5 +115,5 @@ echo "  of which SHA-256 in software (HMAC of the cookie): $((sha / REQUESTS))"
 # The same requests, cookie and all, through the floor.
 name=floor
 start "$name" "$FLOOR" "$floor_bin" --hyper-floor "$FLOOR" "$UP"
-count >"$OUT/count"
+count "$name" >"$OUT/count"
 echo "hyper alone: $(cat "$OUT/count") instructions per request (profile: $profile)"
