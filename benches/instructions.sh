@@ -8,7 +8,9 @@
 #
 # It counts the same load through "hyper alone" too: the floor proxy of
 # `cargo bench --bench proxy` (hyper's server and pooled client, nothing
-# else), so the difference is what the sessions cost.
+# else), so the difference is what the sessions cost. Then, for each, the
+# instructions per new connection that carries one request (oha
+# --disable-keepalive): what a burst of connections opening at once costs.
 #
 # Needs valgrind, nginx and oha (`cargo install oha --locked`). Leaves the
 # callgrind profile in $OUT (default target/callgrind) for callgrind_annotate.
@@ -84,17 +86,18 @@ start() {
         sleep 0.2
     done
 }
-# Warms the proxy started as $1 up, counts $REQUESTS requests, stops it,
-# and prints its instructions per request; sets $profile and its $listing.
+# Warms the proxy started as $1 up, counts $REQUESTS requests (on kept-alive
+# connections, or with "fresh" as $2 each on a new one), dumps the profile
+# and prints instructions per request; sets $profile and its $listing.
 count() {
-    local name=$1
-    load() { oha --no-tui -n "$1" -c 10 -H "Cookie: $cookie" "http://127.0.0.1:$port/" >/dev/null; }
+    local name=$1 fresh=()
+    [ "${2:-}" = fresh ] && fresh=(--disable-keepalive)
+    load() { oha --no-tui -n "$1" -c 10 "${fresh[@]}" -H "Cookie: $cookie" "http://127.0.0.1:$port/" >/dev/null; }
     load 1000                                  # warm up: connections, pairing, caches
     callgrind_control -z "$vg" >/dev/null 2>&1 # count from here
     load "$REQUESTS"
     callgrind_control -d "$vg" >/dev/null 2>&1
     sleep 1
-    kill "$vg" 2>/dev/null || true
     profile=$(ls -t "$OUT/$name".out.* | head -1)
     listing=$(callgrind_annotate --auto=no --threshold=100 "$profile" 2>/dev/null)
     awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print int($1 / '"$REQUESTS"') }' <<<"$listing"
@@ -111,9 +114,14 @@ count "$name" >"$OUT/count"
 sha=$(awk '/sha2::sha256::compress256/ { gsub(",", "", $1); n += $1 } END { print n + 0 }' <<<"$listing")
 echo "sessiongate: $(cat "$OUT/count") instructions per request (scenario a; profile: $profile)"
 echo "  of which SHA-256 in software (HMAC of the cookie): $((sha / REQUESTS))"
+count "$name" fresh >"$OUT/count"
+echo "sessiongate: $(cat "$OUT/count") instructions per new connection of one request (profile: $profile)"
+kill "$vg" 2>/dev/null || true
 
 # The same requests, cookie and all, through the floor.
 name=floor
 start "$name" "$FLOOR" "$floor_bin" --hyper-floor "$FLOOR" "$UP"
 count "$name" >"$OUT/count"
 echo "hyper alone: $(cat "$OUT/count") instructions per request (profile: $profile)"
+count "$name" fresh >"$OUT/count"
+echo "hyper alone: $(cat "$OUT/count") instructions per new connection of one request (profile: $profile)"

@@ -308,7 +308,10 @@ async fn accept_loop<S: Store>(
         let proxy = proxy.clone();
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
+        // Boxed: the connection's future (hyper's HTTP/1 and HTTP/2 state,
+        // the TLS handshake) is kilobytes, and tokio moves a task's future
+        // by value several times as it spawns, runs and finishes it.
+        tokio::spawn(Box::pin(async move {
             let _permit = permit;
             let metrics_of = proxy.clone();
             let service = service_fn(move |req| {
@@ -343,7 +346,7 @@ async fn accept_loop<S: Store>(
             if let Err(e) = served {
                 connection_failed(&*e, peer, metrics_of.metrics());
             }
-        });
+        }));
     }
     let grace = proxy.settings().server.shutdown_grace;
     info!(
