@@ -324,16 +324,21 @@ struct Measure {
     errors: f64,
 }
 
-/// One oha run against `port`; returns the JSON summary and the proxy's CPU
-/// ns. With `db`, oha also writes every request's start and duration there.
-#[allow(clippy::too_many_arguments)]
-fn oha(
+/// The requests of one run: where they go and how many at once.
+struct Load<'a> {
     port: u16,
-    path: &str,
-    cookie: Option<&str>,
+    path: &'a str,
+    cookie: Option<&'a str>,
     connections: usize,
-    rate: Option<u32>,
     seconds: u64,
+}
+
+/// One oha run (at `rate` requests/s, or as fast as it goes); returns the
+/// JSON summary and the proxy's CPU ns. With `db`, oha also writes every
+/// request's start and duration there.
+fn oha(
+    load: &Load,
+    rate: Option<u32>,
     proxy_pid: u32,
     db: Option<&Path>,
 ) -> (serde_json::Value, u64) {
@@ -343,20 +348,20 @@ fn oha(
         "--output-format",
         "json",
         "-z",
-        &format!("{seconds}s"),
+        &format!("{}s", load.seconds),
         "-c",
-        &connections.to_string(),
+        &load.connections.to_string(),
     ]);
     if let Some(rate) = rate {
         cmd.args(["-q", &rate.to_string()]);
     }
-    if let Some(cookie) = cookie {
+    if let Some(cookie) = load.cookie {
         cmd.args(["-H", &format!("Cookie: {cookie}")]);
     }
     if let Some(db) = db {
         cmd.arg("--db-url").arg(db);
     }
-    cmd.arg(format!("http://127.0.0.1:{port}{path}"));
+    cmd.arg(format!("http://127.0.0.1:{}{}", load.port, load.path));
     let before = cpu_ns(proxy_pid);
     let out = cmd
         .stderr(Stdio::null())
@@ -375,29 +380,17 @@ fn measure(
     rate: u32,
     seconds: u64,
 ) -> Measure {
-    let cookie = if scenario.cookie { cookie } else { None };
-    let (max, max_cpu) = oha(
+    let load = Load {
         port,
-        scenario.path,
-        cookie,
+        path: scenario.path,
+        cookie: if scenario.cookie { cookie } else { None },
         connections,
-        None,
         seconds,
-        pid,
-        None,
-    );
+    };
+    let (max, max_cpu) = oha(&load, None, pid, None);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("requests.db");
-    let (fixed, cpu) = oha(
-        port,
-        scenario.path,
-        cookie,
-        connections,
-        Some(rate),
-        seconds,
-        pid,
-        Some(&db),
-    );
+    let (fixed, cpu) = oha(&load, Some(rate), pid, Some(&db));
     let steady = steady_latencies_ms(&db);
     let ok = |v: &serde_json::Value| v["statusCodeDistribution"]["200"].as_f64().unwrap_or(0.0);
     let total = |v: &serde_json::Value| {
