@@ -85,6 +85,67 @@ fn idle_keep_alive_connections_close_at_their_own_deadline() {
 }
 
 #[test]
+fn a_connection_in_use_outlives_its_first_idle_deadline() {
+    // The idle timer is moved lazily (it may fire for a deadline that has
+    // since moved on): requests 400 ms apart for 2.4 s keep a connection
+    // whose idle time is 1 s, and it still closes once left alone.
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(
+        up.addr,
+        "[server]\nheader_read_timeout = \"10s\"\nkeep_alive_timeout = \"1s\"\n",
+    ));
+    let mut conn = Conn::open(proxy.addr);
+    for _ in 0..6 {
+        assert_eq!(
+            conn.exchange("GET", &request("GET", "/", &[], b"")).status,
+            200
+        );
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert_eq!(up.count(), 6, "all six reached the app");
+    let started = Instant::now();
+    assert!(conn.closed_within(Duration::from_secs(5)));
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn a_head_trickled_on_a_kept_alive_connection_is_cut_at_the_head_deadline() {
+    // After a request, the connection idles under the long keep-alive
+    // time, past the first head's deadline; a head that then starts and
+    // trickles must be held to the short head time, not the idle one.
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(
+        up.addr,
+        "[server]\nheader_read_timeout = \"1s\"\nkeep_alive_timeout = \"30s\"\n",
+    ));
+    let mut conn = Conn::open(proxy.addr);
+    assert_eq!(
+        conn.exchange("GET", &request("GET", "/", &[], b"")).status,
+        200
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n");
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(200));
+        if started.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+        // Once the proxy has closed, a write fails or the close is read.
+        if conn.try_send(b"X-Slow: a\r\n").is_err() {
+            break;
+        }
+    }
+    assert!(
+        conn.closed_within(Duration::from_millis(500)),
+        "the trickle was not cut"
+    );
+    let cut = started.elapsed();
+    assert!(cut < Duration::from_secs(3), "cut after {cut:?}");
+    assert_eq!(up.count(), 1);
+}
+
+#[test]
 fn a_stalled_request_body_gets_408_at_the_body_deadline() {
     let up = Upstream::ok();
     let proxy = Proxy::start(&config(up.addr, "[server]\nbody_read_timeout = \"1s\"\n"));

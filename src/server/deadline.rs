@@ -125,6 +125,12 @@ pub struct Deadlines<T> {
     inner: T,
     activity: Activity,
     phase: Phase,
+    /// When the current phase's time is up (unused while busy).
+    deadline: Instant,
+    /// Armed at or before `deadline`, and moved only when a read waits
+    /// (see [`Deadlines::expired`]): every request passes through the head
+    /// and idle phases, and moving a tokio timer each time costs a wheel
+    /// update per phase, while a timer that fires early costs one check.
     sleep: Pin<Box<Sleep>>,
     head: Duration,
     keep_alive: Duration,
@@ -133,11 +139,13 @@ pub struct Deadlines<T> {
 impl<T> Deadlines<T> {
     /// A new connection: its first head must arrive within `head`.
     pub fn new(inner: T, activity: Activity, head: Duration, keep_alive: Duration) -> Self {
+        let deadline = Instant::now() + head;
         Deadlines {
             inner,
             activity,
             phase: Phase::Head,
-            sleep: Box::pin(tokio::time::sleep(head)),
+            deadline,
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
             head,
             keep_alive,
         }
@@ -158,7 +166,26 @@ impl<T> Deadlines<T> {
             Phase::Head => self.head,
             Phase::Busy => return,
         };
-        self.sleep.as_mut().reset(Instant::now() + limit);
+        self.deadline = Instant::now() + limit;
+    }
+
+    /// Whether the current phase's deadline has passed; if not, the timer
+    /// is armed to wake the reader by then. A timer armed for a later time
+    /// is brought forward; one that fired for a deadline since pushed back
+    /// is armed again.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.deadline < self.sleep.deadline() {
+            let deadline = self.deadline;
+            self.sleep.as_mut().reset(deadline);
+        }
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= self.deadline {
+                return true;
+            }
+            let deadline = self.deadline;
+            self.sleep.as_mut().reset(deadline);
+        }
+        false
     }
 }
 
@@ -182,9 +209,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Deadlines<T> {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending
-                if self.phase != Phase::Busy && self.sleep.as_mut().poll(cx).is_ready() =>
-            {
+            Poll::Pending if self.phase != Phase::Busy && self.expired(cx) => {
                 let error = match self.phase {
                     Phase::Head if self.activity.head_started() => {
                         io::Error::new(io::ErrorKind::TimedOut, SlowHead { after: self.head })

@@ -95,6 +95,11 @@ impl Conn {
             .expect("write request");
     }
 
+    /// Writes `bytes`, or says why it could not (the server closed).
+    pub fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.reader.get_mut().write_all(bytes)
+    }
+
     /// Reads one response to a request with `method`.
     pub fn read(&mut self, method: &str) -> std::io::Result<Reply> {
         let mut line = String::new();
