@@ -413,6 +413,25 @@ fn measure(
     }
 }
 
+impl Measure {
+    /// The figures in the report's column order, errors last.
+    fn columns(&self) -> [f64; 8] {
+        [
+            self.rps,
+            self.p50_ms,
+            self.p99_ms,
+            self.p999_ms,
+            self.p99_whole_ms,
+            self.cpu_us,
+            self.cpu_max_us,
+            self.errors,
+        ]
+    }
+}
+
+/// Decimals of each of [`Measure::columns`] in the report.
+const DECIMALS: [usize; 8] = [0, 2, 2, 2, 2, 1, 1, 0];
+
 /// The durations, in ms and sorted, of the successful requests oha wrote
 /// to `db` that were sent [`STEADY_AFTER_S`] or more into the run.
 fn steady_latencies_ms(db: &Path) -> Vec<f64> {
@@ -469,20 +488,14 @@ impl Row {
     }
 }
 
-/// One proxy's figures divided by another's, in the report's column order.
+/// One proxy's figures divided by another's, in the report's column order
+/// (errors have no ratio).
 struct Ratios([f64; 7]);
 
 impl Ratios {
     fn of(a: &Measure, b: &Measure) -> Ratios {
-        Ratios([
-            a.rps / b.rps,
-            a.p50_ms / b.p50_ms,
-            a.p99_ms / b.p99_ms,
-            a.p999_ms / b.p999_ms,
-            a.p99_whole_ms / b.p99_whole_ms,
-            a.cpu_us / b.cpu_us,
-            a.cpu_max_us / b.cpu_max_us,
-        ])
+        let (a, b) = (a.columns(), b.columns());
+        Ratios(std::array::from_fn(|i| a[i] / b[i]))
     }
 }
 
@@ -736,24 +749,29 @@ fn main() {
             .find(|x| x.key == key)
             .map_or("", |x| x.title);
         for (name, m) in row.proxies() {
+            let cells: Vec<String> = (m.columns().iter().zip(DECIMALS))
+                .map(|(v, d)| format!("{v:.d$}"))
+                .collect();
             let _ = writeln!(
                 report,
-                "| ({key}) {title} | {c} | {name} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} |",
-                m.rps,
-                m.p50_ms,
-                m.p99_ms,
-                m.p999_ms,
-                m.p99_whole_ms,
-                m.cpu_us,
-                m.cpu_max_us,
-                m.errors
+                "| ({key}) {title} | {c} | {name} | {} |",
+                cells.join(" | ")
             );
         }
         for (name, Ratios(r)) in row.ratios() {
+            // The CPU ratios, the targets, in bold.
+            let cells: Vec<String> = r
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match i >= 5 {
+                    true => format!("**{v:.2}x**"),
+                    false => format!("{v:.2}x"),
+                })
+                .collect();
             let _ = writeln!(
                 report,
-                "| ({key}) ratio | {c} | {name} | {:.2}x | {:.2}x | {:.2}x | {:.2}x | {:.2}x | **{:.2}x** | **{:.2}x** | |",
-                r[0], r[1], r[2], r[3], r[4], r[5], r[6]
+                "| ({key}) ratio | {c} | {name} | {} | |",
+                cells.join(" | ")
             );
         }
     }
@@ -768,38 +786,35 @@ fn main() {
     println!("written to {}", out.display());
 }
 
+/// Console headings and widths of each of [`Measure::columns`].
+const HEADINGS: [&str; 8] = [
+    "max rps",
+    "p50 ms",
+    "p99 ms",
+    "p99.9 ms",
+    "p99 whole",
+    "CPU us/req",
+    "CPU at max",
+    "errors",
+];
+const WIDTHS: [usize; 8] = [9, 8, 8, 9, 9, 11, 11, 7];
+
 fn print_row(scenario: &Scenario, c: usize, row: &Row) {
     println!("\n({}) {}, {c} connections", scenario.key, scenario.title);
-    println!(
-        "  {:<24} {:>9} {:>8} {:>8} {:>9} {:>9} {:>11} {:>11} {:>7}",
-        "",
-        "max rps",
-        "p50 ms",
-        "p99 ms",
-        "p99.9 ms",
-        "p99 whole",
-        "CPU us/req",
-        "CPU at max",
-        "errors"
-    );
+    let heads: String = (HEADINGS.iter().zip(WIDTHS))
+        .map(|(h, w)| format!(" {h:>w$}"))
+        .collect();
+    println!("  {:<24}{heads}", "");
     for (name, m) in row.proxies() {
-        println!(
-            "  {:<24} {:>9.0} {:>8.2} {:>8.2} {:>9.2} {:>9.2} {:>11.1} {:>11.1} {:>7}",
-            name,
-            m.rps,
-            m.p50_ms,
-            m.p99_ms,
-            m.p999_ms,
-            m.p99_whole_ms,
-            m.cpu_us,
-            m.cpu_max_us,
-            m.errors
-        );
+        let cells: String = (m.columns().iter().zip(DECIMALS).zip(WIDTHS))
+            .map(|((v, d), w)| format!(" {v:>w$.d$}"))
+            .collect();
+        println!("  {name:<24}{cells}");
     }
     for (name, Ratios(r)) in row.ratios() {
-        println!(
-            "  {:<24} {:>8.2}x {:>7.2}x {:>7.2}x {:>8.2}x {:>8.2}x {:>10.2}x {:>10.2}x",
-            name, r[0], r[1], r[2], r[3], r[4], r[5], r[6]
-        );
+        let cells: String = (r.iter().zip(WIDTHS))
+            .map(|(v, w)| format!(" {v:>w$.2}x", w = w - 1))
+            .collect();
+        println!("  {name:<24}{cells}");
     }
 }
