@@ -175,15 +175,13 @@ impl<T> Deadlines<T> {
     /// is armed again.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         if self.deadline < self.sleep.deadline() {
-            let deadline = self.deadline;
-            self.sleep.as_mut().reset(deadline);
+            self.sleep.as_mut().reset(self.deadline);
         }
         while self.sleep.as_mut().poll(cx).is_ready() {
             if Instant::now() >= self.deadline {
                 return true;
             }
-            let deadline = self.deadline;
-            self.sleep.as_mut().reset(deadline);
+            self.sleep.as_mut().reset(self.deadline);
         }
         false
     }
