@@ -65,16 +65,10 @@ fn idle_keep_alive_connections_close_at_their_own_deadline() {
         "[server]\nheader_read_timeout = \"10s\"\nkeep_alive_timeout = \"1s\"\n",
     ));
     let mut conn = Conn::open(proxy.addr);
-    assert_eq!(
-        conn.exchange("GET", &request("GET", "/", &[], b"")).status,
-        200
-    );
+    assert_eq!(conn.get("/").status, 200);
     // Within the idle time the connection is reused.
     std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(
-        conn.exchange("GET", &request("GET", "/", &[], b"")).status,
-        200
-    );
+    assert_eq!(conn.get("/").status, 200);
     let started = Instant::now();
     assert!(conn.closed_within(Duration::from_secs(5)));
     let idle = started.elapsed();
@@ -96,10 +90,7 @@ fn a_connection_in_use_outlives_its_first_idle_deadline() {
     ));
     let mut conn = Conn::open(proxy.addr);
     for _ in 0..6 {
-        assert_eq!(
-            conn.exchange("GET", &request("GET", "/", &[], b"")).status,
-            200
-        );
+        assert_eq!(conn.get("/").status, 200);
         std::thread::sleep(Duration::from_millis(400));
     }
     assert_eq!(up.count(), 6, "all six reached the app");
@@ -119,10 +110,7 @@ fn a_head_trickled_on_a_kept_alive_connection_is_cut_at_the_head_deadline() {
         "[server]\nheader_read_timeout = \"1s\"\nkeep_alive_timeout = \"30s\"\n",
     ));
     let mut conn = Conn::open(proxy.addr);
-    assert_eq!(
-        conn.exchange("GET", &request("GET", "/", &[], b"")).status,
-        200
-    );
+    assert_eq!(conn.get("/").status, 200);
     std::thread::sleep(Duration::from_millis(1500));
     let started = Instant::now();
     conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n");
@@ -202,16 +190,8 @@ fn connections_over_the_cap_wait_until_a_slot_frees() {
     let proxy = Proxy::start(&config(up.addr, "[server]\nmax_connections = 2\n"));
     let mut first = Conn::open(proxy.addr);
     let mut second = Conn::open(proxy.addr);
-    assert_eq!(
-        first.exchange("GET", &request("GET", "/", &[], b"")).status,
-        200
-    );
-    assert_eq!(
-        second
-            .exchange("GET", &request("GET", "/", &[], b""))
-            .status,
-        200
-    );
+    assert_eq!(first.get("/").status, 200);
+    assert_eq!(second.get("/").status, 200);
     let mut third = Conn::open(proxy.addr);
     third.send(&request("GET", "/third", &[], b""));
     third.set_timeout(Duration::from_millis(700));

@@ -165,10 +165,6 @@ fn counting_upstream() -> Upstream {
     })
 }
 
-fn get_on(conn: &mut Conn, path: &str) -> u16 {
-    conn.exchange("GET", &request("GET", path, &[], b"")).status
-}
-
 fn upstream_connections(up: &Upstream) -> usize {
     up.connections.load(std::sync::atomic::Ordering::SeqCst)
 }
@@ -185,19 +181,19 @@ fn browser_connections_take_turns_on_one_upstream_connection_and_a_broken_one_is
     // One request at a time: every browser connection borrows the same
     // idle upstream connection, one exchange at a time.
     for _ in 0..3 {
-        assert_eq!(get_on(&mut a, "/"), 200);
-        assert_eq!(get_on(&mut b, "/"), 200);
+        assert_eq!(a.get("/").status, 200);
+        assert_eq!(b.get("/").status, 200);
     }
     assert_eq!(upstream_connections(&up), 1);
     // A refused response's connection is never lent again.
-    assert_eq!(get_on(&mut a, "/both"), 502);
-    assert_eq!(get_on(&mut b, "/"), 200);
+    assert_eq!(a.get("/both").status, 502);
+    assert_eq!(b.get("/").status, 200);
     assert_eq!(upstream_connections(&up), 2);
     // One the upstream closes is replaced on the next request.
-    assert_eq!(get_on(&mut b, "/last"), 200);
+    assert_eq!(b.get("/last").status, 200);
     for _ in 0..3 {
-        assert_eq!(get_on(&mut a, "/"), 200);
-        assert_eq!(get_on(&mut b, "/"), 200);
+        assert_eq!(a.get("/").status, 200);
+        assert_eq!(b.get("/").status, 200);
     }
     assert_eq!(upstream_connections(&up), 3);
 }
@@ -208,12 +204,12 @@ fn an_idle_upstream_connection_is_closed() {
     let proxy = Proxy::start(&config(up.addr, ""));
     let mut conn = Conn::open(proxy.addr);
     for _ in 0..3 {
-        assert_eq!(get_on(&mut conn, "/"), 200);
+        assert_eq!(conn.get("/").status, 200);
     }
     assert_eq!(upstream_connections(&up), 1);
     // Idle for IDLE_RELEASE (2 s), checked every second: closed by 3 s.
     std::thread::sleep(std::time::Duration::from_millis(4_000));
-    assert_eq!(get_on(&mut conn, "/"), 200);
+    assert_eq!(conn.get("/").status, 200);
     assert_eq!(
         upstream_connections(&up),
         2,
@@ -233,7 +229,7 @@ fn with_no_paired_connections_every_request_uses_the_pool() {
     let mut conns: Vec<Conn> = (0..3).map(|_| Conn::open(proxy.addr)).collect();
     for _ in 0..3 {
         for conn in &mut conns {
-            assert_eq!(get_on(conn, "/"), 200);
+            assert_eq!(conn.get("/").status, 200);
         }
     }
     assert_eq!(

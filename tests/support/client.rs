@@ -182,6 +182,11 @@ impl Conn {
         self.read(method).expect("read response")
     }
 
+    /// A plain `GET path` on this connection, no headers beyond `Host`.
+    pub fn get(&mut self, path: &str) -> Reply {
+        self.exchange("GET", &request("GET", path, &[], b""))
+    }
+
     /// Whether the server closed the connection (reads EOF) within `within`.
     pub fn closed_within(&mut self, within: Duration) -> bool {
         self.reader
