@@ -11,6 +11,7 @@
 # else), so the difference is what the sessions cost. Then, for each, the
 # instructions per new connection that carries one request (oha
 # --disable-keepalive): what a burst of connections opening at once costs.
+# And, for sessiongate, scenario (b): every request setting a key.
 #
 # Needs valgrind, nginx and oha (`cargo install oha --locked`). Leaves the
 # callgrind profile in $OUT (default target/callgrind) for callgrind_annotate.
@@ -92,7 +93,7 @@ start() {
 count() {
     local name=$1 fresh=()
     [ "${2:-}" = fresh ] && fresh=(--disable-keepalive)
-    load() { oha --no-tui -n "$1" -c 10 "${fresh[@]}" -H "Cookie: $cookie" "http://127.0.0.1:$port/" >/dev/null; }
+    load() { oha --no-tui -n "$1" -c 10 "${fresh[@]}" -H "Cookie: $cookie" "http://127.0.0.1:$port${path:-/}" >/dev/null; }
     load 1000                                  # warm up: connections, pairing, caches
     callgrind_control -z "$vg" >/dev/null 2>&1 # count from here
     load "$REQUESTS"
@@ -116,6 +117,8 @@ echo "sessiongate: $(cat "$OUT/count") instructions per request (scenario a; pro
 echo "  of which SHA-256 in software (HMAC of the cookie): $((sha / REQUESTS))"
 count "$name" fresh >"$OUT/count"
 echo "sessiongate: $(cat "$OUT/count") instructions per new connection of one request (profile: $profile)"
+path=/set count "$name" >"$OUT/count"
+echo "sessiongate: $(cat "$OUT/count") instructions per request setting a key (scenario b; profile: $profile)"
 kill "$vg" 2>/dev/null || true
 
 # The same requests, cookie and all, through the floor.

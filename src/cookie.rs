@@ -162,15 +162,60 @@ pub enum SameSite {
 pub fn request_values<'a>(
     headers: &'a HeaderMap,
     name: &'a str,
-) -> impl Iterator<Item = &'a str> + 'a {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .flat_map(|h| pairs(h.as_bytes()))
-        .filter_map(move |pair| {
+) -> impl Iterator<Item = Sent<'a>> + 'a {
+    headers.get_all(COOKIE).iter().flat_map(move |header| {
+        pairs(header.as_bytes()).filter_map(move |pair| {
             let (n, v) = split_pair(pair)?;
-            (n == name.as_bytes()).then(|| unquote(std::str::from_utf8(v).unwrap_or("")))
+            (n == name.as_bytes()).then(|| Sent {
+                header,
+                value: unquote(std::str::from_utf8(v).unwrap_or("")),
+            })
         })
+    })
+}
+
+/// A session cookie value as the browser sent it, in its `Cookie` header.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent<'a> {
+    header: &'a HeaderValue,
+    value: &'a str,
+}
+
+impl<'a> Sent<'a> {
+    pub fn value(&self) -> &'a str {
+        self.value
+    }
+
+    /// The value kept past the request, without copying it: a
+    /// reference-counted clone of its header and where it lies there.
+    pub fn keep(&self) -> Kept {
+        // `value` is a slice of the header's bytes, or a static "" for a
+        // value that is not UTF-8; `Kept::value` checks the range anyway.
+        let start = (self.value.as_ptr() as usize)
+            .wrapping_sub(self.header.as_bytes().as_ptr() as usize);
+        Kept {
+            header: self.header.clone(),
+            start,
+            len: self.value.len(),
+        }
+    }
+}
+
+/// A cookie value kept from a request (see [`Sent::keep`]).
+#[derive(Debug, Clone)]
+pub struct Kept {
+    header: HeaderValue,
+    start: usize,
+    len: usize,
+}
+
+impl Kept {
+    /// The value, if it is not empty.
+    pub fn value(&self) -> Option<&str> {
+        let end = self.start.checked_add(self.len)?;
+        let bytes = self.header.as_bytes().get(self.start..end)?;
+        std::str::from_utf8(bytes).ok().filter(|v| !v.is_empty())
+    }
 }
 
 /// The `;`-separated pairs of one `Cookie` header value, trimmed. Split
@@ -287,10 +332,10 @@ impl CookieBuilder {
 
     /// `Set-Cookie` that gives the browser this value (a signed value:
     /// base64url, digits and dots, nothing to quote).
-    pub fn issue(&self, value: String) -> HeaderValue {
+    pub fn issue(&self, value: &str) -> HeaderValue {
         let (before, after) = &self.around_value;
         let mut text = String::with_capacity(before.len() + value.len() + after.len());
-        for part in [before, &value, after] {
+        for part in [before, value, after] {
             text.push_str(part);
         }
         HeaderValue::try_from(text)
@@ -385,7 +430,7 @@ mod tests {
                 };
                 let builder = CookieBuilder::new(config);
                 let expected = builder.issuing(value.clone()).to_string();
-                assert_eq!(builder.issue(value.clone()).to_str().unwrap(), expected);
+                assert_eq!(builder.issue(&value).to_str().unwrap(), expected);
             }
         }
     }
@@ -443,8 +488,11 @@ mod tests {
             HeaderValue::from_static("a=1; sessionid=x; b=\"2\""),
         );
         headers.append(COOKIE, HeaderValue::from_static("sessionid=\"y\""));
-        let values: Vec<_> = request_values(&headers, "sessionid").collect();
+        let values: Vec<_> = request_values(&headers, "sessionid").map(|s| s.value()).collect();
         assert_eq!(values, ["x", "y"]);
+        let kept: Vec<_> = request_values(&headers, "sessionid").map(|s| s.keep()).collect();
+        let kept: Vec<_> = kept.iter().map(|k| k.value()).collect();
+        assert_eq!(kept, [Some("x"), Some("y")]);
         remove_from_request(&mut headers, "sessionid");
         let left: Vec<_> = headers.get_all(COOKIE).iter().collect();
         assert_eq!(left, [HeaderValue::from_static("a=1; b=\"2\"")]);

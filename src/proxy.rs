@@ -96,7 +96,29 @@ struct Resolved {
     origin: Origin,
     /// The browser sent some cookie with the session's name.
     sent_cookie: bool,
-    needs_resign: bool,
+    found_by: FoundBy,
+}
+
+impl Resolved {
+    /// The cookie the browser sent, if a cookie for `target` may be it.
+    fn resendable(&self, target: Target) -> Option<&str> {
+        match &self.found_by {
+            FoundBy::Current(kept) if target == self.target => kept.value(),
+            _ => None,
+        }
+    }
+}
+
+/// The cookie that named a found session, as a refresh of it needs it.
+enum FoundBy {
+    /// None: this request started the session.
+    Nothing,
+    /// A cookie signed with the current secret. A refresh (same id, same
+    /// issue time) sends it back as it came instead of signing it again:
+    /// the HMAC would come out the same.
+    Current(cookie::Kept),
+    /// A cookie signed with a previous secret: signed again with the current.
+    Previous,
 }
 
 /// The session after the upstream's operations.
@@ -290,9 +312,9 @@ impl<S: Store> Proxy<S> {
     async fn resolve(&self, s: &Settings, headers: &HeaderMap) -> Result<Resolved, Error> {
         let now = now_ms();
         let mut sent_cookie = false;
-        for value in cookie::request_values(headers, s.cookies.name()).take(MAX_COOKIE_CANDIDATES) {
+        for sent in cookie::request_values(headers, s.cookies.name()).take(MAX_COOKIE_CANDIDATES) {
             sent_cookie = true;
-            let Some(v) = s.signer.verify(value) else {
+            let Some(v) = s.signer.verify(sent.value()) else {
                 continue;
             };
             if now >= self.policy.absolute_deadline(v.issued_ms) {
@@ -318,7 +340,10 @@ impl<S: Store> Proxy<S> {
                 meta,
                 origin: Origin::default(),
                 sent_cookie,
-                needs_resign: v.signed_with == SignedWith::Previous,
+                found_by: match v.signed_with {
+                    SignedWith::Current => FoundBy::Current(sent.keep()),
+                    SignedWith::Previous => FoundBy::Previous,
+                },
             });
         }
         Ok(Resolved {
@@ -331,7 +356,7 @@ impl<S: Store> Proxy<S> {
             meta: None,
             origin: Origin::default(),
             sent_cookie,
-            needs_resign: false,
+            found_by: FoundBy::Nothing,
         })
     }
 
@@ -457,7 +482,7 @@ impl<S: Store> Proxy<S> {
             mode: s.create,
             had_valid_cookie: !session.started,
             sent_cookie: session.sent_cookie,
-            needs_resign: session.needs_resign,
+            needs_resign: matches!(session.found_by, FoundBy::Previous),
             id: after.target.id,
             issued_ms: after.target.issued_ms,
             has_data: after.has_data,
@@ -469,7 +494,10 @@ impl<S: Store> Proxy<S> {
         }
         let value = match action {
             CookieAction::Keep => return,
-            CookieAction::Issue { id, issued_ms } => s.cookies.issue(s.signer.sign(&id, issued_ms)),
+            CookieAction::Issue { id, issued_ms } => match session.resendable(after.target) {
+                Some(sent) => s.cookies.issue(sent),
+                None => s.cookies.issue(&s.signer.sign(&id, issued_ms)),
+            },
             CookieAction::Expire => s.cookies.expire(),
         };
         headers.append(SET_COOKIE, value);
