@@ -106,13 +106,15 @@ impl Signer {
     /// Verifies a cookie value in constant time per key. Anything malformed
     /// is `None`, never a panic: the value comes from the network.
     pub fn verify(&self, value: &str) -> Option<Verified> {
-        let mut parts = value.split('.');
-        let (id_text, issued, tag_text) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some()
-            || issued.is_empty()
+        // The id and the MAC have fixed lengths, so the value is cut at
+        // known places rather than searched for dots (on every request).
+        let (id_text, rest) = value.split_at_checked(ID_TEXT_LEN)?;
+        let tag_start = rest.len().checked_sub(MAC_TEXT_LEN)?;
+        let (rest, tag_text) = rest.split_at_checked(tag_start)?;
+        let issued = rest.strip_prefix('.')?.strip_suffix('.')?;
+        if issued.is_empty()
             || issued.len() > MAX_ISSUED_DIGITS
             || !issued.bytes().all(|b| b.is_ascii_digit())
-            || tag_text.len() != MAC_TEXT_LEN
         {
             return None;
         }
@@ -467,6 +469,25 @@ mod tests {
         assert!(s.verify(&format!("{value}.")).is_none());
         assert!(s.verify("").is_none());
         assert!(s.verify("..").is_none());
+        // Cut in the wrong places: dots moved, dropped or added; the MAC
+        // or the id a character short or long; a character that is not ASCII.
+        let (id_text, rest) = value.split_once('.').unwrap();
+        let (issued, tag) = rest.split_once('.').unwrap();
+        for bad in [
+            format!("{id_text}{issued}.{tag}"),
+            format!("{id_text}.{issued}{tag}"),
+            format!("{id_text}..{issued}.{tag}"),
+            format!("{id_text}.{issued}..{tag}"),
+            format!("{id_text}..{tag}"),
+            format!("{id_text}.{issued}.{}", &tag[1..]),
+            format!("{id_text}.{issued}.{tag}A"),
+            format!("{}.{issued}.{tag}", &id_text[1..]),
+            format!("{id_text}A.{issued}.{tag}"),
+            format!("{id_text}.{issued}é.{tag}"),
+            format!("{id_text}.é.{tag}"),
+        ] {
+            assert!(s.verify(&bad).is_none(), "accepted {bad}");
+        }
     }
 
     #[test]
