@@ -30,6 +30,7 @@ pub mod config;
 pub mod cookie;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod lazy_timer;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;

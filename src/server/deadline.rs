@@ -18,8 +18,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
+use crate::lazy_timer::LazyTimer;
 use crate::proxy::framing::Refused;
 
 /// Requests (and upgraded tunnels) in flight on one connection.
@@ -125,13 +126,10 @@ pub struct Deadlines<T> {
     inner: T,
     activity: Activity,
     phase: Phase,
-    /// When the current phase's time is up (unused while busy).
-    deadline: Instant,
-    /// Armed at or before `deadline`, and moved only when a read waits
-    /// (see [`Deadlines::expired`]): every request passes through the head
-    /// and idle phases, and moving a tokio timer each time costs a wheel
-    /// update per phase, while a timer that fires early costs one check.
-    sleep: Pin<Box<Sleep>>,
+    /// When the current phase's time is up (unused while busy). Every
+    /// request passes through the head and idle phases: the timer is
+    /// moved only when a read waits, hence lazy.
+    timer: LazyTimer,
     head: Duration,
     keep_alive: Duration,
 }
@@ -139,13 +137,11 @@ pub struct Deadlines<T> {
 impl<T> Deadlines<T> {
     /// A new connection: its first head must arrive within `head`.
     pub fn new(inner: T, activity: Activity, head: Duration, keep_alive: Duration) -> Self {
-        let deadline = Instant::now() + head;
         Deadlines {
             inner,
             activity,
             phase: Phase::Head,
-            deadline,
-            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            timer: LazyTimer::new(Instant::now() + head),
             head,
             keep_alive,
         }
@@ -166,24 +162,7 @@ impl<T> Deadlines<T> {
             Phase::Head => self.head,
             Phase::Busy => return,
         };
-        self.deadline = Instant::now() + limit;
-    }
-
-    /// Whether the current phase's deadline has passed; if not, the timer
-    /// is armed to wake the reader by then. A timer armed for a later time
-    /// is brought forward; one that fired for a deadline since pushed back
-    /// is armed again.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.deadline < self.sleep.deadline() {
-            self.sleep.as_mut().reset(self.deadline);
-        }
-        while self.sleep.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= self.deadline {
-                return true;
-            }
-            self.sleep.as_mut().reset(self.deadline);
-        }
-        false
+        self.timer.set(Instant::now() + limit);
     }
 }
 
@@ -207,7 +186,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Deadlines<T> {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if self.phase != Phase::Busy && self.expired(cx) => {
+            Poll::Pending if self.phase != Phase::Busy && self.timer.expired(cx) => {
                 let error = match self.phase {
                     Phase::Head if self.activity.head_started() => {
                         io::Error::new(io::ErrorKind::TimedOut, SlowHead { after: self.head })
