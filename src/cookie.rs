@@ -193,8 +193,8 @@ impl<'a> Sent<'a> {
     pub fn keep(&self) -> Kept {
         // `value` is a slice of the header's bytes, or a static "" for a
         // value that is not UTF-8; `Kept::value` checks the range anyway.
-        let start = (self.value.as_ptr() as usize)
-            .wrapping_sub(self.header.as_bytes().as_ptr() as usize);
+        let start =
+            (self.value.as_ptr() as usize).wrapping_sub(self.header.as_bytes().as_ptr() as usize);
         Kept {
             header: self.header.clone(),
             start,
@@ -509,11 +509,20 @@ mod tests {
             HeaderValue::from_static("a=1; sessionid=x; b=\"2\""),
         );
         headers.append(COOKIE, HeaderValue::from_static("sessionid=\"y\""));
-        let values: Vec<_> = request_values(&headers, "sessionid").map(|s| s.value()).collect();
+        let values: Vec<_> = request_values(&headers, "sessionid")
+            .map(|s| s.value())
+            .collect();
         assert_eq!(values, ["x", "y"]);
-        let kept: Vec<_> = request_values(&headers, "sessionid").map(|s| s.keep()).collect();
+        let kept: Vec<_> = request_values(&headers, "sessionid")
+            .map(|s| s.keep())
+            .collect();
         let kept: Vec<_> = kept.iter().map(|k| k.value()).collect();
         assert_eq!(kept, [Some("x"), Some("y")]);
+        // Not UTF-8: yielded empty, and nothing to send back.
+        let mut odd = HeaderMap::new();
+        odd.append(COOKIE, HeaderValue::from_bytes(b"sessionid=\xff").unwrap());
+        let sent = request_values(&odd, "sessionid").next().unwrap();
+        assert_eq!((sent.value(), sent.keep().value()), ("", None));
         remove_from_request(&mut headers, "sessionid");
         let left: Vec<_> = headers.get_all(COOKIE).iter().collect();
         assert_eq!(left, [HeaderValue::from_static("a=1; b=\"2\"")]);
