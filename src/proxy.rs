@@ -418,16 +418,15 @@ impl<S: Store> Proxy<S> {
         let timeout = s.upstream.timeout;
         let started = std::time::Instant::now();
         let result = match paired {
-            Some(paired) => tokio::time::timeout(timeout, paired.send(s, req)).await,
-            None => {
-                tokio::time::timeout(timeout, async {
-                    s.client
-                        .request(req)
-                        .await
-                        .map_err(|e| Error::from_client(e, s.upstream.connect_timeout))
-                })
-                .await
-            }
+            Some(paired) => paired.send_within(s, req, timeout).await,
+            None => tokio::time::timeout(timeout, async {
+                s.client
+                    .request(req)
+                    .await
+                    .map_err(|e| Error::from_client(e, s.upstream.connect_timeout))
+            })
+            .await
+            .ok(),
         };
         let result = result.unwrap_or(Err(Error::UpstreamTimeout(timeout)));
         self.metrics

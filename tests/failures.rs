@@ -67,6 +67,37 @@ fn a_slow_upstream_is_a_504_after_the_configured_timeout() {
     );
 }
 
+/// One browser connection's exchanges share one lazily moved timer
+/// (`proxy::paired`): a firing meant for an earlier request's deadline
+/// must neither cut the next request short nor let it run long.
+#[test]
+fn each_request_on_a_kept_alive_connection_gets_the_whole_upstream_timeout() {
+    let up = Upstream::start(|r| {
+        let ms = r.target.strip_prefix("/wait/").and_then(|n| n.parse().ok());
+        Response::ok().delay(Duration::from_millis(ms.unwrap_or(0)))
+    });
+    let line = format!("upstream = \"http://{}\"", up.addr);
+    let table = format!("[upstream]\nurl = \"http://{}\"\ntimeout = \"1s\"", up.addr);
+    let proxy = Proxy::start(&config(up.addr, "").replace(&line, &table));
+    let mut conn = Conn::open(proxy.addr);
+    assert_eq!(conn.get("/wait/0").status, 200);
+    std::thread::sleep(Duration::from_millis(600));
+    // Still waiting when the first request's deadline passes.
+    assert_eq!(conn.get("/wait/700").status, 200);
+    let started = Instant::now();
+    assert_eq!(conn.get("/wait/3000").status, 504);
+    let took = started.elapsed();
+    assert!(
+        (Duration::from_millis(900)..Duration::from_millis(2500)).contains(&took),
+        "the 504 came after {took:?}, not about 1s"
+    );
+    assert_eq!(
+        conn.get("/wait/0").status,
+        200,
+        "the connection keeps serving"
+    );
+}
+
 #[test]
 fn a_malformed_request_is_a_400_and_others_are_still_served() {
     let up = Upstream::ok();

@@ -43,6 +43,7 @@ use super::body::RequestBody;
 use super::framing;
 use super::head_capture::{CapturingStream, HeadCapture};
 use super::settings::Settings;
+use crate::lazy_timer::LazyTimer;
 
 type Conn = Connection<TokioIo<CapturingStream>, RequestBody>;
 
@@ -212,6 +213,8 @@ struct Slot {
     borrowed: Option<Borrowed>,
     /// A request is between its claim and its accepted response head.
     reserved: bool,
+    /// The upstream timeout of the exchange in flight (see `send_within`).
+    timer: Option<LazyTimer>,
 }
 
 impl Slot {
@@ -259,6 +262,36 @@ impl Paired {
             slot.reserved = slot.borrowed.is_some();
             slot.reserved
         })
+    }
+
+    /// [`send`](Self::send), given up after `limit` (`None`). The exchanges
+    /// of a browser connection come one at a time, so one timer serves them
+    /// all, moved lazily, where `tokio::time::timeout` would arm a timer and
+    /// drop it again for every request.
+    pub async fn send_within(
+        &self,
+        s: &Settings,
+        req: Request<RequestBody>,
+        limit: Duration,
+    ) -> Option<Result<Response<Incoming>, Error>> {
+        let deadline = Instant::now() + limit;
+        let mut send = std::pin::pin!(self.send(s, req));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = send.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            let expired = self.with(|slot| {
+                let timer = slot.timer.get_or_insert_with(|| LazyTimer::new(deadline));
+                timer.set(deadline);
+                timer.expired(cx)
+            });
+            if expired {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Sends `req` (only after [`claim`](Self::claim) said yes), opening a
