@@ -45,13 +45,23 @@ pub fn strip(headers: &mut HeaderMap) {
     if doomed.is_empty() {
         return;
     }
+    // Tokens naming a fixed field (already in `doomed` if present, like
+    // the common "keep-alive") or a protected one are passed over before a
+    // name is made: a name outside http's standard set is an allocation.
     let named = connection_tokens(headers)
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-        .filter(|name| !PROTECTED.contains(name));
+        .filter(|token| !is_fixed_or_protected(token))
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok());
     doomed.extend(named);
     for name in doomed {
         headers.remove(name);
     }
+}
+
+fn is_fixed_or_protected(token: &str) -> bool {
+    FIXED
+        .iter()
+        .chain(&PROTECTED)
+        .any(|name| token.eq_ignore_ascii_case(name.as_str()))
 }
 
 #[cfg(test)]
