@@ -31,6 +31,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::header::{CONTENT_LENGTH, HeaderMap, HeaderValue, SET_COOKIE};
 use http::request::Parts;
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::capture_connection;
@@ -237,7 +238,10 @@ impl<S: Store> Proxy<S> {
         let borrow = pairable(&req, websocket);
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let path = path::normalize(parts.uri.path())
+        // A clone shares the target's bytes: `path` borrows from it while
+        // `parts` is rewritten.
+        let target = parts.uri.clone();
+        let path = path::normalize(target.path())
             .ok_or(Error::BadRequest("malformed percent-encoding in the path"))?;
         let mut session = match path::skips(&path, &s.skip_paths) {
             true => None,
@@ -391,7 +395,7 @@ impl<S: Store> Proxy<S> {
         if let Some(session) = session {
             protocol::inject(&s.prefix, &mut parts.headers, injected(session));
         }
-        parts.uri = upstream_uri(s, path, parts.uri.query())?;
+        parts.uri = upstream_uri(s, path, &parts.uri)?;
         parts.version = Version::HTTP_11;
         if let Some(key) = &s.upstream.signing_key {
             let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -684,17 +688,24 @@ fn drop_underscore_headers(headers: &mut HeaderMap) {
     }
 }
 
-fn upstream_uri(s: &Settings, path: &str, query: Option<&str>) -> Result<Uri, Error> {
-    let path_and_query = match query {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
+/// The upstream's URI for a request to `path` (normalised) with the query
+/// of `browser`'s URI.
+fn upstream_uri(s: &Settings, path: &str, browser: &Uri) -> Result<Uri, Error> {
+    fn invalid(_: impl std::error::Error) -> Error {
+        Error::BadRequest("request target is not a valid path")
+    }
+    let path_and_query = match (browser.path_and_query(), browser.query()) {
+        // Unchanged by normalisation (most are): its bytes are shared, not copied.
+        (Some(pq), _) if pq.path() == path => pq.clone(),
+        (_, Some(q)) => PathAndQuery::try_from(format!("{path}?{q}")).map_err(invalid)?,
+        (_, None) => PathAndQuery::try_from(path).map_err(invalid)?,
     };
     Uri::builder()
         .scheme(s.upstream.scheme.clone())
         .authority(s.upstream.authority.clone())
         .path_and_query(path_and_query)
         .build()
-        .map_err(|_| Error::BadRequest("request target is not a valid path"))
+        .map_err(invalid)
 }
 
 /// Removes our headers from the response and parses the operations among

@@ -640,7 +640,7 @@ fn validate_session(raw: RawSession) -> Result<SessionConfig, KeyError> {
 fn validate_skip_paths(paths: Vec<String>) -> Result<Vec<String>, KeyError> {
     for p in &paths {
         let normal = crate::proxy::path::normalize(p);
-        if !p.starts_with('/') || normal.as_deref() != Some(p.as_str()) {
+        if !p.starts_with('/') || normal.as_deref() != Some(p) {
             return Err(key_error(
                 "session.skip_paths",
                 format!(

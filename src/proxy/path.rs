@@ -8,23 +8,32 @@
 //! backslashes stay encoded (their meaning differs between upstreams), and
 //! a path holding any never matches a skip path.
 
+use std::borrow::Cow;
+
 /// The normalised form of `path`, or `None` for a malformed escape.
-pub fn normalize(path: &str) -> Option<String> {
+pub fn normalize(path: &str) -> Option<Cow<'_, str>> {
     // Most paths have neither escapes nor dot-segments: nothing to do.
     if !path.contains('%') && !path.contains("/.") {
-        return Some(path.to_owned());
+        return Some(Cow::Borrowed(path));
     }
     let decoded = decode_unreserved(path)?;
-    Some(remove_dot_segments(&decoded))
+    Some(Cow::Owned(remove_dot_segments(&decoded)))
 }
 
 /// Whether `normalized` may skip session work for one of `prefixes`.
 pub fn skips(normalized: &str, prefixes: &[String]) -> bool {
-    let ambiguous = normalized.contains('\\') || {
-        let lower = normalized.to_ascii_lowercase();
-        lower.contains("%2f") || lower.contains("%5c")
-    };
-    !ambiguous && prefixes.iter().any(|p| normalized.starts_with(p.as_str()))
+    let ambiguous = || normalized.contains('\\') || has_encoded_slash(normalized);
+    prefixes.iter().any(|p| normalized.starts_with(p.as_str())) && !ambiguous()
+}
+
+/// Whether `path` holds `%2F` or `%5C`, in either case.
+fn has_encoded_slash(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    memchr::memchr_iter(b'%', bytes).any(|i| {
+        bytes
+            .get(i + 1..i + 3)
+            .is_some_and(|hex| hex.eq_ignore_ascii_case(b"2f") || hex.eq_ignore_ascii_case(b"5c"))
+    })
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -112,6 +121,10 @@ mod tests {
         assert!(skips("/static/app.js", &prefixes));
         assert!(!skips("/admin", &prefixes));
         assert!(!skips("/static/..%2Fadmin", &prefixes));
+        assert!(!skips("/static/..%2fadmin", &prefixes));
+        assert!(!skips("/static/..%5Cadmin", &prefixes));
+        assert!(!skips("/static/..%5cadmin", &prefixes));
+        assert!(skips("/static/%25%2", &prefixes));
         assert!(!skips("/static/..\\admin", &prefixes));
         assert!(!skips("/staticx", &prefixes));
     }
