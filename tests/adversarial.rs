@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::client::{Conn, request};
-use support::{COOKIE, Proxy, Response, Upstream, config};
+use support::{COOKIE, Proxy, Response, Upstream, config, config_with_upstream};
 
 fn assert_refused_and_closed(proxy: &Proxy, raw: &[u8], what: &str) {
     let mut conn = Conn::open(proxy.addr);
@@ -237,13 +237,16 @@ fn operations_in_a_head_with_bare_line_feeds_apply_in_the_order_sent() {
         _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
     }
     });
-    let proxy = Proxy::start(&config(up.addr, ""));
-    let mut b = proxy.browser();
-    let reply = b.get("/ops");
-    assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
-    assert!(reply.header("x-session-set").is_none());
-    b.get("/");
-    assert_eq!(up.last().session(), json!({"b": 2}));
+    // On a lent upstream connection, and on the shared pool.
+    for lines in ["", "paired_connections = 0"] {
+        let proxy = Proxy::start(&config_with_upstream(up.addr, lines, ""));
+        let mut b = proxy.browser();
+        let reply = b.get("/ops");
+        assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
+        assert!(reply.header("x-session-set").is_none());
+        b.get("/");
+        assert_eq!(up.last().session(), json!({"b": 2}), "{lines}");
+    }
 }
 
 #[test]
@@ -266,20 +269,23 @@ fn large_upstream_heads_keep_the_operation_order_and_the_head_limit_is_exact() {
         head.extend_from_slice(b"Content-Length: 2\r\n\r\nok");
         head
     });
-    let proxy = Proxy::start(&config(up.addr, ""));
-    for _ in 0..3 {
-        let mut b = proxy.browser();
-        let reply = b.get("/large");
-        assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
-        b.get("/");
-        assert_eq!(up.last().session(), json!({"k": 2}));
+    // On a lent upstream connection, and on the shared pool.
+    for lines in ["", "paired_connections = 0"] {
+        let proxy = Proxy::start(&config_with_upstream(up.addr, lines, ""));
+        for _ in 0..3 {
+            let mut b = proxy.browser();
+            let reply = b.get("/large");
+            assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
+            b.get("/");
+            assert_eq!(up.last().session(), json!({"k": 2}), "{lines}");
+        }
+        for _ in 0..3 {
+            assert_eq!(proxy.browser().get("/over").status, 502, "{lines}");
+        }
+        // hyper or the capture refuses it first, depending on how the reads
+        // fall; either way a 502 with a warning.
+        proxy.wait_for_log(&["WARN", "/over", "status=502", "malformed response"]);
     }
-    for _ in 0..3 {
-        assert_eq!(proxy.browser().get("/over").status, 502);
-    }
-    // hyper or the capture refuses it first, depending on how the reads
-    // fall; either way a 502 with a warning.
-    proxy.wait_for_log(&["WARN", "/over", "status=502", "malformed response"]);
 }
 
 #[test]

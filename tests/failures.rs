@@ -5,7 +5,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::client::{Conn, request};
-use support::{Proxy, Response, Upstream, config};
+use support::{Proxy, Response, Upstream, config, config_with_upstream};
 
 /// An address where nothing listens.
 fn dead_address() -> std::net::SocketAddr {
@@ -44,13 +44,7 @@ fn a_slow_upstream_is_a_504_after_the_configured_timeout() {
             Response::ok()
         }
     });
-    let line = format!("upstream = \"http://{}\"", up.addr);
-    let table = format!(
-        "[upstream]\nurl = \"http://{}\"\ntimeout = \"500ms\"",
-        up.addr
-    );
-    let text = config(up.addr, "").replace(&line, &table);
-    let proxy = Proxy::start(&text);
+    let proxy = Proxy::start(&config_with_upstream(up.addr, "timeout = \"500ms\"", ""));
     let started = Instant::now();
     let reply = proxy.browser().get("/slow");
     assert_eq!(reply.status, 504);
@@ -76,9 +70,7 @@ fn each_request_on_a_kept_alive_connection_gets_the_whole_upstream_timeout() {
         let ms = r.target.strip_prefix("/wait/").and_then(|n| n.parse().ok());
         Response::ok().delay(Duration::from_millis(ms.unwrap_or(0)))
     });
-    let line = format!("upstream = \"http://{}\"", up.addr);
-    let table = format!("[upstream]\nurl = \"http://{}\"\ntimeout = \"1s\"", up.addr);
-    let proxy = Proxy::start(&config(up.addr, "").replace(&line, &table));
+    let proxy = Proxy::start(&config_with_upstream(up.addr, "timeout = \"1s\"", ""));
     let mut conn = Conn::open(proxy.addr);
     assert_eq!(conn.get("/wait/0").status, 200);
     std::thread::sleep(Duration::from_millis(600));

@@ -37,6 +37,14 @@ pub fn config(upstream: SocketAddr, extra: &str) -> String {
     )
 }
 
+/// [`config`], with the upstream as an `[upstream]` table holding `lines`
+/// (such as `timeout = "1s"`) besides its URL.
+pub fn config_with_upstream(upstream: SocketAddr, lines: &str, extra: &str) -> String {
+    let line = format!("upstream = \"http://{upstream}\"\n");
+    let text = config(upstream, extra).replacen(&line, "", 1);
+    format!("{text}[upstream]\nurl = \"http://{upstream}\"\n{lines}\n")
+}
+
 /// Splits `extra` into top-level lines (before the first `[section]`) and the rest,
 /// and adds `[cookie] secure = false` (tests speak plain HTTP) and an admin
 /// listener on port 0 unless the test configures those sections itself.
