@@ -264,7 +264,7 @@ impl<S: Store> Proxy<S> {
         // the connection on any failure; `Driven` gives it back once idle).
         let paired = (borrow && down.paired.claim(&s.lender)).then_some(&down.paired);
         let pooled = paired.is_none().then(|| capture_connection(&mut req));
-        let mut rsp = self.send(s, req, paired).await?;
+        let (mut rsp, capture) = self.send(s, req, paired).await?;
         let poison = || {
             if let Some(pooled) = &pooled
                 && let Some(connected) = pooled.connection_metadata().as_ref()
@@ -285,11 +285,7 @@ impl<S: Store> Proxy<S> {
                 "101 Switching Protocols to a request that asked for no upgrade".into(),
             ));
         }
-        if rsp
-            .extensions()
-            .get::<HeadCapture>()
-            .is_some_and(HeadCapture::overflowed)
-        {
+        if capture.as_ref().is_some_and(HeadCapture::overflowed) {
             // hyper parsed the whole head, so the connection itself is
             // still in step; only this response is refused.
             return Err(Error::UpstreamMalformed(
@@ -303,7 +299,7 @@ impl<S: Store> Proxy<S> {
         }
         let upstream_upgrade = (websocket && rsp.status() == StatusCode::SWITCHING_PROTOCOLS)
             .then(|| hyper::upgrade::on(&mut rsp));
-        let mut rsp = self.respond(s, rsp, session, label).await?;
+        let mut rsp = self.respond(s, rsp, capture, session, label).await?;
         if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
             upgrade::restore_headers(rsp.headers_mut());
             upgrade::tunnel(client, upstream, down.activity.begin());
@@ -412,22 +408,31 @@ impl<S: Store> Proxy<S> {
     }
 
     /// Sends on the upstream connection the browser connection borrowed,
-    /// if given, else on the pooled client.
+    /// if given, else on the pooled client. The response comes with the
+    /// capture of its raw head (the pooled client's connector leaves it in
+    /// the extensions; a borrowed connection hands it over, which spares
+    /// every request the extensions' map).
     async fn send(
         &self,
         s: &Settings,
         req: Request<RequestBody>,
         paired: Option<&Paired>,
-    ) -> Result<Response<Incoming>, Error> {
+    ) -> Result<(Response<Incoming>, Option<HeadCapture>), Error> {
         let timeout = s.upstream.timeout;
         let started = std::time::Instant::now();
         let result = match paired {
-            Some(paired) => paired.send_within(s, req, timeout).await,
+            Some(paired) => paired
+                .send_within(s, req, timeout)
+                .await
+                .map(|sent| sent.map(|(rsp, capture)| (rsp, Some(capture)))),
             None => tokio::time::timeout(timeout, async {
-                s.client
+                let mut rsp = s
+                    .client
                     .request(req)
                     .await
-                    .map_err(|e| Error::from_client(e, s.upstream.connect_timeout))
+                    .map_err(|e| Error::from_client(e, s.upstream.connect_timeout))?;
+                let capture = rsp.extensions_mut().remove::<HeadCapture>();
+                Ok((rsp, capture))
             })
             .await
             .ok(),
@@ -444,6 +449,7 @@ impl<S: Store> Proxy<S> {
         &self,
         s: &Settings,
         rsp: Response<Incoming>,
+        capture: Option<HeadCapture>,
         session: Option<Resolved>,
         label: &Label,
     ) -> Result<Response<ResponseBody>, Error> {
@@ -461,7 +467,6 @@ impl<S: Store> Proxy<S> {
         strip_trailer_announcements(s, &mut parts.headers);
         // Before any await: a bodiless response leaves a lent connection
         // idle at once, and the next borrower's exchange resets its capture.
-        let capture = parts.extensions.get::<HeadCapture>().cloned();
         let parsed = take_operations(s, &mut parts.headers, capture);
         remove_session_set_cookies(s, &mut parts.headers);
         if let Some(session) = session {

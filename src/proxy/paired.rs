@@ -273,7 +273,7 @@ impl Paired {
         s: &Settings,
         req: Request<RequestBody>,
         limit: Duration,
-    ) -> Option<Result<Response<Incoming>, Error>> {
+    ) -> Option<Result<(Response<Incoming>, HeadCapture), Error>> {
         let deadline = Instant::now() + limit;
         let mut send = std::pin::pin!(self.send(s, req));
         std::future::poll_fn(|cx| {
@@ -295,12 +295,13 @@ impl Paired {
     }
 
     /// Sends `req` (only after [`claim`](Self::claim) said yes), opening a
-    /// connection first when none was lent, or the lent one closed.
+    /// connection first when none was lent, or the lent one closed. The
+    /// response comes with the capture of its raw head.
     pub async fn send(
         &self,
         s: &Settings,
         mut req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, Error> {
+    ) -> Result<(Response<Incoming>, HeadCapture), Error> {
         // Until the response head is here and its framing accepted, a
         // failure (or a timeout dropping this future) leaves the connection
         // in an unknown state: close it.
@@ -317,7 +318,7 @@ impl Paired {
             // Closed by the upstream while idle.
             (sender, capture) = self.open(s).await?;
         }
-        let mut rsp = match sender.try_send_request(req).await {
+        let rsp = match sender.try_send_request(req).await {
             Ok(rsp) => rsp,
             Err(mut e) => match e.take_message() {
                 // Never written: the connection closed under it; one retry
@@ -345,8 +346,7 @@ impl Paired {
                 && rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
             self.put_back(reusable.then_some(sender));
         }
-        rsp.extensions_mut().insert(capture);
-        Ok(rsp)
+        Ok((rsp, capture))
     }
 
     /// Never reuse the connection (its response could not be trusted).
