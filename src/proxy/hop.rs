@@ -37,22 +37,29 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 pub fn strip(headers: &mut HeaderMap) {
     // Only names found in one pass over the map are removed: a removal
     // hashes and probes, and most messages carry one or none of the six.
-    let mut doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| FIXED.contains(name))
-        .cloned()
-        .collect();
-    if doomed.is_empty() {
+    // A bit per fixed name rather than a list: no allocation.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = FIXED.iter().position(|fixed| fixed == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    // Tokens naming a fixed field (already in `doomed` if present, like
-    // the common "keep-alive") or a protected one are passed over before a
-    // name is made: a name outside http's standard set is an allocation.
-    let named = connection_tokens(headers)
+    // Tokens naming a fixed field (like the common "keep-alive") or a
+    // protected one are passed over before a name is made: a name outside
+    // http's standard set is an allocation. Most messages name no other.
+    let named: Vec<HeaderName> = connection_tokens(headers)
         .filter(|token| !is_fixed_or_protected(token))
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok());
-    doomed.extend(named);
-    for name in doomed {
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .collect();
+    for (i, name) in FIXED.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+    for name in named {
         headers.remove(name);
     }
 }
