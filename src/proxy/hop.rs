@@ -5,7 +5,7 @@
 use http::header::{self, HeaderMap, HeaderName};
 
 /// Always hop-by-hop, whether or not `Connection` names them.
-const FIXED: [HeaderName; 6] = [
+const FIXED: [HeaderName; FIXED_LEN] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -13,6 +13,10 @@ const FIXED: [HeaderName; 6] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+const FIXED_LEN: usize = 6;
+// `strip` keeps a bit per fixed name in a u8.
+const _: () = assert!(FIXED_LEN <= 8);
 
 /// Fields a peer cannot make hop-by-hop by naming them: the proxy needs them
 /// to route and frame the message (hyper re-frames the body itself).
