@@ -3,7 +3,7 @@
 mod support;
 
 use support::client::{Conn, request};
-use support::{COOKIE, Proxy, Upstream, config};
+use support::{COOKIE, Proxy, Upstream, config, config_with_upstream};
 
 #[test]
 fn spoofed_session_headers_never_reach_the_upstream_in_any_spelling() {
@@ -220,12 +220,7 @@ fn an_idle_upstream_connection_is_closed() {
 #[test]
 fn with_no_paired_connections_every_request_uses_the_pool() {
     let up = counting_upstream();
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{}\"\npaired_connections = 0\n[secret]\nvalue = \"{}\"\n[cookie]\nsecure = false\n",
-        up.addr,
-        support::SECRET
-    );
-    let proxy = Proxy::start(&text);
+    let proxy = Proxy::start(&config_with_upstream(up.addr, "paired_connections = 0", ""));
     let mut conns: Vec<Conn> = (0..3).map(|_| Conn::open(proxy.addr)).collect();
     for _ in 0..3 {
         for conn in &mut conns {
@@ -244,11 +239,7 @@ fn after_an_http_1_0_response_uploads_are_still_framed_and_browsers_get_http_1_1
     let up = support::upstream::raw(|_| {
         b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok".to_vec()
     });
-    let pooled = format!(
-        "listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{}\"\npaired_connections = 0\n[secret]\nvalue = \"{}\"\n[cookie]\nsecure = false\n",
-        up.addr,
-        support::SECRET
-    );
+    let pooled = config_with_upstream(up.addr, "paired_connections = 0", "");
     for text in [config(up.addr, ""), pooled] {
         let proxy = Proxy::start(&text);
         let mut conn = Conn::open(proxy.addr);
