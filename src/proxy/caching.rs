@@ -22,16 +22,21 @@ pub fn make_private(headers: &mut HeaderMap) {
     if already {
         return;
     }
-    let mut kept: Vec<String> = directives(headers, CACHE_CONTROL)
+    let private = HeaderValue::from_static("private");
+    let mut kept: Vec<&str> = directives(headers, CACHE_CONTROL)
         .filter(|d| {
             let name = d.split('=').next().unwrap_or("").trim();
             !name.eq_ignore_ascii_case("public") && !name.eq_ignore_ascii_case("s-maxage")
         })
-        .map(str::to_owned)
         .collect();
-    kept.push("private".to_owned());
-    let value =
-        HeaderValue::try_from(kept.join(", ")).unwrap_or(HeaderValue::from_static("private"));
+    // Most responses have no Cache-Control to keep: nothing to join then.
+    let value = match kept.is_empty() {
+        true => private,
+        false => {
+            kept.push("private");
+            HeaderValue::try_from(kept.join(", ")).unwrap_or(private)
+        }
+    };
     headers.insert(CACHE_CONTROL, value);
 }
 
@@ -106,6 +111,10 @@ mod tests {
         let mut h = HeaderMap::new();
         make_private(&mut h);
         assert_eq!(h[CACHE_CONTROL], "private");
+        let mut h = with(CACHE_CONTROL, &["public", "s-maxage=60"]);
+        make_private(&mut h);
+        let all: Vec<_> = h.get_all(CACHE_CONTROL).iter().collect();
+        assert_eq!(all, ["private"]);
     }
 
     #[test]
