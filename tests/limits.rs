@@ -6,15 +6,22 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use support::client::{Conn, request};
-use support::{Proxy, Response, Upstream, config};
+use support::{Proxy, Response, Upstream, config, config_with_upstream};
+
+/// A proxy in front of an upstream that answers 200, with these head and
+/// keep-alive deadlines.
+fn with_deadlines(head: &str, keep_alive: &str) -> (Upstream, Proxy) {
+    let up = Upstream::ok();
+    let server = format!(
+        "[server]\nheader_read_timeout = \"{head}\"\nkeep_alive_timeout = \"{keep_alive}\"\n"
+    );
+    let proxy = Proxy::start(&config(up.addr, &server));
+    (up, proxy)
+}
 
 #[test]
 fn slowloris_is_closed_at_the_head_deadline_even_while_trickling() {
-    let up = Upstream::ok();
-    let proxy = Proxy::start(&config(
-        up.addr,
-        "[server]\nheader_read_timeout = \"1s\"\nkeep_alive_timeout = \"30s\"\n",
-    ));
+    let (up, proxy) = with_deadlines("1s", "30s");
     // Silent after connecting.
     let mut silent = Conn::open(proxy.addr);
     let started = Instant::now();
@@ -59,11 +66,7 @@ fn slowloris_is_closed_at_the_head_deadline_even_while_trickling() {
 
 #[test]
 fn idle_keep_alive_connections_close_at_their_own_deadline() {
-    let up = Upstream::ok();
-    let proxy = Proxy::start(&config(
-        up.addr,
-        "[server]\nheader_read_timeout = \"10s\"\nkeep_alive_timeout = \"1s\"\n",
-    ));
+    let (_up, proxy) = with_deadlines("10s", "1s");
     let mut conn = Conn::open(proxy.addr);
     assert_eq!(conn.get("/").status, 200);
     // Within the idle time the connection is reused.
@@ -83,11 +86,7 @@ fn a_connection_in_use_outlives_its_first_idle_deadline() {
     // The idle timer is moved lazily (it may fire for a deadline that has
     // since moved on): requests 400 ms apart for 2.4 s keep a connection
     // whose idle time is 1 s, and it still closes once left alone.
-    let up = Upstream::ok();
-    let proxy = Proxy::start(&config(
-        up.addr,
-        "[server]\nheader_read_timeout = \"10s\"\nkeep_alive_timeout = \"1s\"\n",
-    ));
+    let (up, proxy) = with_deadlines("10s", "1s");
     let mut conn = Conn::open(proxy.addr);
     for _ in 0..6 {
         assert_eq!(conn.get("/").status, 200);
@@ -104,11 +103,7 @@ fn a_head_trickled_on_a_kept_alive_connection_is_cut_at_the_head_deadline() {
     // After a request, the connection idles under the long keep-alive
     // time, past the first head's deadline; a head that then starts and
     // trickles must be held to the short head time, not the idle one.
-    let up = Upstream::ok();
-    let proxy = Proxy::start(&config(
-        up.addr,
-        "[server]\nheader_read_timeout = \"1s\"\nkeep_alive_timeout = \"30s\"\n",
-    ));
+    let (up, proxy) = with_deadlines("1s", "30s");
     let mut conn = Conn::open(proxy.addr);
     assert_eq!(conn.get("/").status, 200);
     std::thread::sleep(Duration::from_millis(1500));
@@ -218,10 +213,11 @@ fn an_upstream_that_never_accepts_is_a_504_at_the_connect_deadline() {
             std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
         })
         .collect();
-    let line = format!("upstream = \"http://{addr}\"");
-    let table =
-        format!("[upstream]\nurl = \"http://{addr}\"\nconnect_timeout = \"1s\"\ntimeout = \"30s\"");
-    let proxy = Proxy::start(&config(addr, "").replace(&line, &table));
+    let proxy = Proxy::start(&config_with_upstream(
+        addr,
+        "connect_timeout = \"1s\"\ntimeout = \"30s\"",
+        "",
+    ));
     let started = Instant::now();
     let reply = proxy.browser().get("/");
     assert_eq!(reply.status, 504);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::redis::RedisServer;
-use support::{Browser, Proxy, Recorded, Response, Upstream, config};
+use support::{Browser, Proxy, Recorded, Response, Upstream, config, config_with_upstream};
 
 const WORKERS: usize = 8;
 
@@ -167,11 +167,12 @@ fn soak_with_redis_and_upstream_restarts() {
     let mut redis = RedisServer::start_durable();
     let mut up = Upstream::start(handler);
     let up_addr = up.addr;
-    let extra = format!(
-        "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"500ms\"\n[upstream]\nurl = \"http://{up_addr}\"\ntimeout = \"2s\"\nconnect_timeout = \"500ms\"\n",
+    let store = format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"500ms\"\n",
         redis.url()
     );
-    let text = config(up_addr, &extra).replace(&format!("upstream = \"http://{up_addr}\"\n"), "");
+    let upstream = "timeout = \"2s\"\nconnect_timeout = \"500ms\"";
+    let text = config_with_upstream(up_addr, upstream, &store);
     let mut proxy = Proxy::start(&text);
     let browsers: Vec<Browser> = (0..WORKERS).map(|_| proxy.browser()).collect();
     let load = Load::start(browsers);

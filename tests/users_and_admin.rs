@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use serde_json::{Value, json};
 use support::client::{Conn, request};
 use support::redis::RedisServer;
-use support::{Browser, Proxy, Recorded, Response, Upstream, config};
+use support::{Browser, Proxy, Recorded, Response, Upstream, config, config_with_upstream};
 
 const TOKEN: &str = "admin-token-0123456789abcdef-0123456789abcdef";
 const SIGNING_KEY: &str = "signing-key-0123456789abcdef-0123456789abcdef";
@@ -541,16 +541,8 @@ fn shell_verifies(r: &Recorded, key: &str) -> bool {
 #[test]
 fn injected_headers_are_signed_and_the_readme_verifiers_accept_only_genuine_requests() {
     let up = app();
-    let proxy = Proxy::start(
-        &config(
-            up.addr,
-            &format!(
-                "[upstream]\nurl = \"http://{}\"\nsigning_key = \"{SIGNING_KEY}\"\n",
-                up.addr
-            ),
-        )
-        .replacen(&format!("upstream = \"http://{}\"\n", up.addr), "", 1),
-    );
+    let signing = format!("signing_key = \"{SIGNING_KEY}\"");
+    let proxy = Proxy::start(&config_with_upstream(up.addr, &signing, ""));
     let mut b = proxy.browser();
     b.get("/set/k/\"v\"");
     // A value ending in `=` (base64 padding) must survive the shell's parsing.
