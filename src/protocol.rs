@@ -171,9 +171,13 @@ impl HeaderPrefix {
         same && (n.len() == p.len() || matches!(n[p.len()], b'-' | b'_'))
     }
 
-    /// The operation part of one of our names (`set` for `X-Session-Set`).
-    fn operation<'a>(&self, name: &'a str) -> Option<&'a str> {
-        name.get(self.normalized.len() + 1..)
+    /// The operation one of our names asks for (`X-Session-Set`: set),
+    /// whatever its case or `_`/`-` spelling; `None` for our other names.
+    fn operation(&self, name: &str) -> Option<Operation> {
+        let suffix = name.as_bytes().get(self.normalized.len() + 1..)?;
+        Operation::ALL
+            .into_iter()
+            .find(|op| spelled_as(suffix, op.suffix()))
     }
 
     /// Removes every header that is ours.
@@ -194,6 +198,50 @@ fn normalize(b: u8) -> u8 {
     match b {
         b'_' => b'-',
         _ => b.to_ascii_lowercase(),
+    }
+}
+
+/// Whether `text` is `normalized` (lower-case, `-`) in any case or `_`/`-`
+/// spelling; compared in place, since every operation header runs through it.
+fn spelled_as(text: &[u8], normalized: &str) -> bool {
+    text.len() == normalized.len()
+        && text
+            .iter()
+            .zip(normalized.as_bytes())
+            .all(|(&a, &b)| normalize(a) == b)
+}
+
+/// The operations an upstream response can carry (PROTOCOL.md section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    Set,
+    Delete,
+    Rotate,
+    Flush,
+    User,
+    RevokeOthers,
+}
+
+impl Operation {
+    const ALL: [Operation; 6] = [
+        Operation::Set,
+        Operation::Delete,
+        Operation::Rotate,
+        Operation::Flush,
+        Operation::User,
+        Operation::RevokeOthers,
+    ];
+
+    /// The name after the prefix and `-`, normalized.
+    fn suffix(self) -> &'static str {
+        match self {
+            Operation::Set => "set",
+            Operation::Delete => "delete",
+            Operation::Rotate => "rotate",
+            Operation::Flush => "flush",
+            Operation::User => "user",
+            Operation::RevokeOthers => "revoke-others",
+        }
     }
 }
 
@@ -235,21 +283,16 @@ pub fn parse_operations<'a>(
         if !prefix.matches(name) {
             continue;
         }
-        let op = prefix
-            .operation(name)
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-            .replace('_', "-");
-        let parsed = match op.as_str() {
-            "set" => parse_set(value).map(|edit| changes.edits.push(edit)),
-            "delete" => parse_delete(value).map(|edit| changes.edits.push(edit)),
-            "rotate" => expect_one("rotate", value).map(|()| changes.rotate = true),
-            "flush" => expect_one("flush", value).map(|()| changes.flush = true),
-            "user" => parse_user(value).map(|user| changes.user = Some(user)),
-            "revoke-others" => {
-                expect_one("revoke-others", value).map(|()| changes.revoke_others = true)
-            }
-            _ => continue,
+        let Some(op) = prefix.operation(name) else {
+            continue;
+        };
+        let parsed = match op {
+            Operation::Set => parse_set(value).map(|edit| changes.edits.push(edit)),
+            Operation::Delete => parse_delete(value).map(|edit| changes.edits.push(edit)),
+            Operation::Rotate => expect_one(op, value).map(|()| changes.rotate = true),
+            Operation::Flush => expect_one(op, value).map(|()| changes.flush = true),
+            Operation::User => parse_user(value).map(|user| changes.user = Some(user)),
+            Operation::RevokeOthers => expect_one(op, value).map(|()| changes.revoke_others = true),
         };
         count += 1;
         if count > max_operations {
@@ -309,10 +352,10 @@ fn parse_user(value: &[u8]) -> Result<UserId, Malformed> {
         .ok_or(Malformed::BadUser)
 }
 
-fn expect_one(header: &'static str, value: &[u8]) -> Result<(), Malformed> {
-    (value == b"1")
-        .then_some(())
-        .ok_or(Malformed::NotOne { header })
+fn expect_one(op: Operation, value: &[u8]) -> Result<(), Malformed> {
+    (value == b"1").then_some(()).ok_or(Malformed::NotOne {
+        header: op.suffix(),
+    })
 }
 
 /// The session as the upstream is told about it.
@@ -421,6 +464,26 @@ mod tests {
             Edit::Set(Key::parse("user").unwrap(), json!({"a": "="}))
         );
         assert_eq!(h.len(), 1);
+    }
+
+    /// Raw-head lines keep the upstream's spelling: an operation is found
+    /// in any case and `_`/`-` mix, and only by its whole name.
+    #[test]
+    fn operations_are_named_in_any_spelling_but_whole() {
+        let lines = [
+            ("X_SESSION_Revoke_Others", "1"),
+            ("x-Session-FLUSH", "1"),
+            ("X-Session-User", "alice"),
+            ("X-Session-Set-Extra", "a=1"),
+            ("X-Session-Rotatex", "1"),
+            ("X-Session-Rotat", "1"),
+            ("X-Session-", "1"),
+        ];
+        let changes =
+            parse_operations(&p(), lines.iter().map(|(n, v)| (*n, v.as_bytes())), 10).unwrap();
+        assert!(changes.revoke_others && changes.flush && !changes.rotate);
+        assert_eq!(changes.user, UserId::parse("alice"));
+        assert!(changes.edits.is_empty());
     }
 
     #[test]

@@ -198,8 +198,9 @@ impl MemoryStore {
             }),
         };
         let stored = next.is_some() || user.is_some();
-        let record = |issued_ms| {
-            let data = next.clone().unwrap_or_else(|| EMPTY.to_vec());
+        // Called once on either path below: the new data moves in, uncopied.
+        let record = move |issued_ms| {
+            let data = next.unwrap_or_else(|| EMPTY.to_vec());
             Entry::Live(Record {
                 data: HeaderValue::from_maybe_shared(bytes::Bytes::from(data))
                     .expect("session JSON is ASCII without control characters"),
