@@ -8,7 +8,9 @@
 #
 # It counts the same load through "hyper alone" too: the floor proxy of
 # `cargo bench --bench proxy` (hyper's server and pooled client, nothing
-# else), so the difference is what the sessions cost. Then, for each, the
+# else), so the difference is what the sessions cost; and through nginx as
+# the bench's plain reverse proxy (one worker, upstream keepalive), the
+# peer the issue's targets compare with. Then, for each, the
 # instructions per new connection that carries one request (oha
 # --disable-keepalive): what a burst of connections opening at once costs.
 # And, for sessiongate, scenario (b): every request setting a key.
@@ -38,6 +40,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 UP=$(free_port)
 PROXY=$(free_port)
 FLOOR=$(free_port)
+NGINX=$(free_port)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 
@@ -128,3 +131,31 @@ count "$name" >"$OUT/count"
 echo "hyper alone: $(cat "$OUT/count") instructions per request (profile: $profile)"
 count "$name" fresh >"$OUT/count"
 echo "hyper alone: $(cat "$OUT/count") instructions per new connection of one request (profile: $profile)"
+kill "$vg" 2>/dev/null || true
+
+# The same requests through nginx as a plain reverse proxy: the bench's
+# configuration, one process (no master) so callgrind sees the worker.
+cat >"$OUT/nginx-proxy.conf" <<EOF
+worker_processes 1;
+daemon off;
+master_process off;
+pid $OUT/nginx-proxy.pid;
+error_log $OUT/nginx-proxy.error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $OUT/b; proxy_temp_path $OUT/p; fastcgi_temp_path $OUT/f;
+  uwsgi_temp_path $OUT/u; scgi_temp_path $OUT/s;
+  upstream app { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 100000; }
+  server {
+    listen 127.0.0.1:$NGINX; keepalive_requests 100000;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+EOF
+name=nginx
+start "$name" "$NGINX" nginx -c "$OUT/nginx-proxy.conf"
+count "$name" >"$OUT/count"
+echo "nginx: $(cat "$OUT/count") instructions per request (profile: $profile)"
+count "$name" fresh >"$OUT/count"
+echo "nginx: $(cat "$OUT/count") instructions per new connection of one request (profile: $profile)"
