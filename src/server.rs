@@ -46,6 +46,7 @@ macro_rules! forward_async_write {
 
 pub mod deadline;
 mod head_tap;
+mod read_ahead;
 mod tls;
 
 use std::convert::Infallible;
@@ -78,6 +79,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisOptions, RedisStore};
 use deadline::{Activity, Busy, Deadlines, SlowHead};
 use head_tap::HeadTap;
+use read_ahead::ReadAhead;
 
 /// A connection's byte stream, plain or TLS.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
@@ -336,7 +338,7 @@ async fn accept_loop<S: Store>(
                     }
                 }
             };
-            let io = HeadTap::new(io, tap, server.max_header_bytes);
+            let io = ReadAhead::new(HeadTap::new(io, tap, server.max_header_bytes));
             let connection = watcher.watch(
                 builder
                     .serve_connection_with_upgrades(TokioIo::new(io), service)

@@ -369,3 +369,49 @@ fn skip_paths_match_the_normalised_path_that_is_forwarded() {
     let reply = Conn::open(proxy.addr).exchange("GET", &request("GET", "/bad%zz", &[], b""));
     assert_eq!(reply.status, 400);
 }
+
+/// A new connection's first head is taken in one read, whole. hyper-util's
+/// HTTP version sniff reads 24 bytes; answered from one full-size read
+/// (server/read_ahead.rs), they no longer cost every connection a read of
+/// their own. Watched with strace: the first head must appear whole in one
+/// `recvfrom`.
+#[test]
+fn a_new_connections_first_head_is_taken_in_one_read() {
+    let up = Upstream::start(|_| Response::ok());
+    let proxy = Proxy::start(&config(up.addr, ""));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("reads.strace");
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-s", "256", "-e", "trace=read,recvfrom"])
+        .arg("-p")
+        .arg(proxy.pid().to_string())
+        .arg("-o")
+        .arg(&log)
+        .spawn()
+        .expect("strace (apt-get install -y strace; bash .ci/run does)");
+    // strace needs a moment to attach to every thread.
+    std::thread::sleep(Duration::from_millis(500));
+    let head =
+        |i: usize| format!("GET /first-read-{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    for i in 0..3 {
+        let mut tcp = std::net::TcpStream::connect(proxy.addr).unwrap();
+        tcp.write_all(head(i).as_bytes()).unwrap();
+        let mut reply = String::new();
+        tcp.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+    // SIGTERM, so that strace writes out what it has.
+    std::process::Command::new("kill")
+        .arg(strace.id().to_string())
+        .status()
+        .unwrap();
+    strace.wait().unwrap();
+    let trace = std::fs::read_to_string(&log).unwrap();
+    for i in 0..3 {
+        let whole = head(i).replace("\r\n", "\\r\\n");
+        assert!(
+            trace.lines().any(|l| l.contains(&format!("\"{whole}\""))),
+            "head {i} was not read whole in one read:\n{trace}"
+        );
+    }
+}
