@@ -29,9 +29,8 @@ pub struct ReadAhead<T> {
 }
 
 enum State {
-    /// Nothing read yet. The buffer is allocated on the first poll and
-    /// kept while that read waits.
-    First(Vec<u8>),
+    /// Nothing read yet.
+    First,
     /// Read ahead, from `at` on not yet handed out.
     Ahead { bytes: Vec<u8>, at: usize },
     /// Every read goes straight to the stream.
@@ -42,7 +41,7 @@ impl<T> ReadAhead<T> {
     pub fn new(inner: T) -> Self {
         ReadAhead {
             inner,
-            state: State::First(Vec::new()),
+            state: State::First,
         }
     }
 }
@@ -56,18 +55,19 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
         let this = &mut *self;
         match &mut this.state {
             State::Through => Pin::new(&mut this.inner).poll_read(cx, buf),
-            State::First(_) if buf.remaining() >= FIRST_READ => {
+            State::First if buf.remaining() >= FIRST_READ => {
                 this.state = State::Through;
                 Pin::new(&mut this.inner).poll_read(cx, buf)
             }
-            State::First(bytes) => {
-                bytes.reserve_exact(FIRST_READ);
-                // tokio's `read_buf` reads into the spare capacity without
-                // zeroing it first (this crate forbids the unsafe code that
-                // takes); polled once here, it reads nothing until ready.
-                let read = std::pin::pin!(this.inner.read_buf(bytes));
+            State::First => {
+                // Allocated for each attempt and dropped if nothing has
+                // arrived: a connection that sends nothing holds no buffer,
+                // as before. tokio's `read_buf` reads into the spare
+                // capacity without zeroing it (this crate forbids the unsafe
+                // code that takes); polled once, it reads nothing until ready.
+                let mut bytes = Vec::with_capacity(FIRST_READ);
+                let read = std::pin::pin!(this.inner.read_buf(&mut bytes));
                 std::task::ready!(read.poll(cx))?;
-                let bytes = std::mem::take(bytes);
                 this.state = State::Ahead { bytes, at: 0 };
                 this.hand_out(buf);
                 Poll::Ready(Ok(()))

@@ -198,11 +198,14 @@ impl MemoryStore {
             }),
         };
         let stored = next.is_some() || user.is_some();
-        // Called once on either path below: the new data moves in, uncopied.
-        let record = move |issued_ms| {
-            let data = next.unwrap_or_else(|| EMPTY.to_vec());
+        let record = |issued_ms| {
+            // Copied into an allocation of its own size, not moved: the
+            // encoder's buffer grows by doubling, and every stored session
+            // would keep that slack (a million sessions of 210 bytes took
+            // 559 MiB instead of 516 in `cargo bench --bench proxy`).
+            let data = bytes::Bytes::copy_from_slice(next.as_deref().unwrap_or(EMPTY));
             Entry::Live(Record {
-                data: HeaderValue::from_maybe_shared(bytes::Bytes::from(data))
+                data: HeaderValue::from_maybe_shared(data)
                     .expect("session JSON is ASCII without control characters"),
                 issued_ms,
                 last_seen_ms: AtomicU64::new(now),
