@@ -381,16 +381,11 @@ fn a_new_connections_first_head_is_taken_in_one_read() {
     let proxy = Proxy::start(&config(up.addr, ""));
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("reads.strace");
-    let mut strace = std::process::Command::new("strace")
-        .args(["-f", "-qq", "-s", "256", "-e", "trace=read,recvfrom"])
-        .arg("-p")
-        .arg(proxy.pid().to_string())
-        .arg("-o")
-        .arg(&log)
-        .spawn()
-        .expect("strace (apt-get install -y strace; bash .ci/run does)");
-    // strace needs a moment to attach to every thread.
-    std::thread::sleep(Duration::from_millis(500));
+    let log_path = log.to_str().unwrap();
+    let mut strace = support::attach_strace(
+        proxy.pid(),
+        &["-s", "256", "-e", "trace=read,recvfrom", "-o", log_path],
+    );
     let head =
         |i: usize| format!("GET /first-read-{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     for i in 0..3 {
@@ -401,10 +396,7 @@ fn a_new_connections_first_head_is_taken_in_one_read() {
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     }
     // SIGTERM, so that strace writes out what it has.
-    std::process::Command::new("kill")
-        .arg(strace.id().to_string())
-        .status()
-        .unwrap();
+    support::send_signal(strace.id(), "TERM");
     strace.wait().unwrap();
     let trace = std::fs::read_to_string(&log).unwrap();
     for i in 0..3 {

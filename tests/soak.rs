@@ -202,24 +202,17 @@ fn soak_with_redis_and_upstream_restarts() {
 /// Attaches strace to the proxy and fails every fsync/fdatasync with EIO
 /// until the returned child is killed.
 fn inject_fsync_errors(pid: u32) -> std::process::Child {
-    let child = std::process::Command::new("strace")
-        .args([
-            "-f",
-            "-qq",
-            "-p",
-            &pid.to_string(),
+    support::attach_strace(
+        pid,
+        &[
             "-e",
             "trace=fsync,fdatasync",
             "-e",
             "inject=fsync,fdatasync:error=EIO",
             "-o",
             "/dev/null",
-        ])
-        .spawn()
-        .expect("strace (apt-get install -y strace; bash .ci/run does)");
-    // strace needs a moment to attach to every thread.
-    std::thread::sleep(Duration::from_millis(300));
-    child
+        ],
+    )
 }
 
 #[test]

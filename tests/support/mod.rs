@@ -174,12 +174,7 @@ impl Proxy {
 
     /// Sends a signal (`"HUP"`, `"TERM"`).
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        send_signal(self.child.id(), signal);
     }
 
     /// Sends a signal and waits for the exit status.
@@ -235,6 +230,29 @@ pub fn field(line: &str, key: &str) -> Option<String> {
 }
 
 /// Resident memory of a process, in MiB (from /proc).
+/// Sends `signal` (`"HUP"`, `"TERM"`) to process `pid`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Attaches strace to every thread of process `pid` with `args` (what to
+/// trace, where to write) and waits until it has attached.
+pub fn attach_strace(pid: u32, args: &[&str]) -> Child {
+    let child = Command::new("strace")
+        .args(["-f", "-qq", "-p", &pid.to_string()])
+        .args(args)
+        .spawn()
+        .expect("strace (apt-get install -y strace; bash .ci/run does)");
+    // strace needs a moment to attach to every thread.
+    std::thread::sleep(Duration::from_millis(500));
+    child
+}
+
 pub fn rss_mib(pid: u32) -> u64 {
     let status =
         std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is alive");
