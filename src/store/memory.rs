@@ -202,7 +202,7 @@ impl MemoryStore {
             // Copied into an allocation of its own size, not moved: the
             // encoder's buffer grows by doubling, and every stored session
             // would keep that slack (a million sessions of 210 bytes took
-            // 559 MiB instead of 516 in `cargo bench --bench proxy`).
+            // 559 MiB instead of 520 in `cargo bench --bench proxy`).
             let data = bytes::Bytes::copy_from_slice(next.as_deref().unwrap_or(EMPTY));
             Entry::Live(Record {
                 data: HeaderValue::from_maybe_shared(data)
