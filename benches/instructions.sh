@@ -6,9 +6,11 @@
 #
 #     bash benches/instructions.sh            # prints instructions/request
 #
-# It counts the same load through "hyper alone" too: the floor proxy of
-# `cargo bench --bench proxy` (hyper's server and pooled client, nothing
-# else), so the difference is what the sessions cost; and through nginx as
+# It counts the same load through the two floor proxies of `cargo bench
+# --bench proxy` too: "hyper alone" (hyper's server and pooled client,
+# nothing else) and "hyper paired" (hyper's server with one hyper client
+# connection per browser connection, no pool: the leanest hyper proxy), so
+# the difference is what the sessions cost; and through nginx as
 # the bench's plain reverse proxy (one worker, upstream keepalive), the
 # peer the issue's targets compare with. Then, for each, the
 # instructions per new connection that carries one request (oha
@@ -40,6 +42,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 UP=$(free_port)
 PROXY=$(free_port)
 FLOOR=$(free_port)
+PAIRED=$(free_port)
 NGINX=$(free_port)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
@@ -124,13 +127,21 @@ path=/set count "$name" >"$OUT/count"
 echo "sessiongate: $(cat "$OUT/count") instructions per request setting a key (scenario b; profile: $profile)"
 kill "$vg" 2>/dev/null || true
 
-# The same requests, cookie and all, through the floor.
+# The same requests, cookie and all, through each floor.
 name=floor
 start "$name" "$FLOOR" "$floor_bin" --hyper-floor "$FLOOR" "$UP"
 count "$name" >"$OUT/count"
 echo "hyper alone: $(cat "$OUT/count") instructions per request (profile: $profile)"
 count "$name" fresh >"$OUT/count"
 echo "hyper alone: $(cat "$OUT/count") instructions per new connection of one request (profile: $profile)"
+kill "$vg" 2>/dev/null || true
+
+name=paired
+start "$name" "$PAIRED" "$floor_bin" --hyper-paired "$PAIRED" "$UP"
+count "$name" >"$OUT/count"
+echo "hyper paired: $(cat "$OUT/count") instructions per request (profile: $profile)"
+count "$name" fresh >"$OUT/count"
+echo "hyper paired: $(cat "$OUT/count") instructions per new connection of one request (profile: $profile)"
 kill "$vg" 2>/dev/null || true
 
 # The same requests through nginx as a plain reverse proxy: the bench's

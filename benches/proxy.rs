@@ -14,12 +14,15 @@
 //! ratios, and writes the results with the machine's description to
 //! BENCHMARKS.md. Not a test: it asserts nothing.
 //!
-//! Scenario (a) also measures the floor: a reverse proxy made of hyper's
-//! server and pooled client and nothing else (`hyper_floor`, this same
-//! binary started with `--hyper-floor`), on the same runtime and allocator
-//! as sessiongate. Its ratio to nginx is about what a proxy built on hyper
-//! costs before it does any work of its own; sessiongate's ratio to it is
-//! the cost of the sessions.
+//! Scenario (a) also measures two floors, on the same runtime and allocator
+//! as sessiongate, each this same binary started with a flag: "hyper
+//! alone", a reverse proxy made of hyper's server and pooled client and
+//! nothing else (`hyper_floor`, `--hyper-floor`), and "hyper paired", the
+//! leanest proxy hyper allows, one hyper client connection per browser
+//! connection driven in that connection's task, as sessiongate lends them
+//! (`hyper_paired`, `--hyper-paired`). Their ratios to nginx are about what
+//! a proxy built on hyper costs before it does any work of its own;
+//! sessiongate's ratios to them are the cost of the sessions.
 //!
 //! Needs nginx, oha (`cargo install oha --locked`), redis-server, taskset.
 //! BENCH_SECONDS (per run, default 3), BENCH_ROUNDS (default 3),
@@ -217,12 +220,13 @@ fn serving(mut cmd: Command, port: u16, what: &str) -> Running {
     Running(child)
 }
 
-/// The hyper floor, started as a child of this binary on the proxies' CPU.
-fn floor_proxy(port: u16, upstream: u16) -> Running {
+/// A floor proxy (`flag` is `--hyper-floor` or `--hyper-paired`), started
+/// as a child of this binary on the proxies' CPU.
+fn floor_proxy(flag: &str, port: u16, upstream: u16) -> Running {
     let exe = std::env::current_exe().expect("the bench binary's path");
     let mut cmd = pinned(PROXY_CPU, exe.to_str().expect("a UTF-8 path"));
-    cmd.args(["--hyper-floor", &port.to_string(), &upstream.to_string()]);
-    serving(cmd, port, "the hyper floor")
+    cmd.args([flag, &port.to_string(), &upstream.to_string()]);
+    serving(cmd, port, flag)
 }
 
 /// A reverse proxy with hyper and nothing else: sessiongate's runtime (one
@@ -275,6 +279,66 @@ fn hyper_floor(port: u16, upstream: u16) {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
+            });
+        }
+    });
+}
+
+/// The leanest reverse proxy hyper allows: sessiongate's runtime, hyper's
+/// HTTP/1.1 server, and for each browser connection one upstream
+/// connection of hyper's client (no pool), driven in the browser
+/// connection's task as sessiongate drives the connections it lends; no
+/// checks, no headers touched. What sessiongate would cost with no session
+/// work and no pool at all.
+fn hyper_paired(port: u16, upstream: u16) {
+    use hyper::body::Incoming;
+    use hyper::client::conn::http1::SendRequest;
+    use hyper::{Request, Response, StatusCode};
+    use hyper_util::rt::TokioIo;
+    use std::sync::{Arc, Mutex};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let Ok(up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    return;
+                };
+                let Ok((sender, conn)) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(up)).await
+                else {
+                    return;
+                };
+                // hyper's service is `Fn`, its sender `&mut`; one request at
+                // a time, so the lock is never contended.
+                let sender: Arc<Mutex<SendRequest<Incoming>>> = Arc::new(Mutex::new(sender));
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let sent = sender.lock().unwrap().send_request(req);
+                    async move {
+                        Ok::<_, std::convert::Infallible>(match sent.await {
+                            Ok(rsp) => rsp.map(http_body_util::Either::Left),
+                            Err(_) => Response::builder()
+                                .status(StatusCode::BAD_GATEWAY)
+                                .body(http_body_util::Either::Right(http_body_util::Empty::new()))
+                                .unwrap(),
+                        })
+                    }
+                });
+                let server = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = server => {}
+                    _ = conn => {}
+                }
             });
         }
     });
@@ -459,34 +523,57 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 struct Row {
     nginx: Measure,
     sessiongate: Measure,
-    /// The hyper floor, measured in scenario (a) only.
-    floor: Option<Measure>,
+    /// The hyper floors, measured in scenario (a) only.
+    floors: Vec<(&'static Floor, Measure)>,
 }
 
 impl Row {
     /// Each measured proxy with its name.
     fn proxies(&self) -> Vec<(&'static str, &Measure)> {
         let mut all = vec![("nginx", &self.nginx), ("sessiongate", &self.sessiongate)];
-        all.extend(self.floor.as_ref().map(|f| ("hyper alone", f)));
+        all.extend(self.floors.iter().map(|(f, m)| (f.name, m)));
         all
     }
 
-    /// Ratios to nginx, and sessiongate's to the floor.
-    fn ratios(&self) -> Vec<(&'static str, Ratios)> {
+    /// Ratios to nginx, and sessiongate's to each floor.
+    fn ratios(&self) -> Vec<(String, Ratios)> {
         let mut all = vec![(
-            "sessiongate/nginx",
+            "sessiongate/nginx".to_owned(),
             Ratios::of(&self.sessiongate, &self.nginx),
         )];
-        if let Some(floor) = &self.floor {
-            all.push(("hyper alone/nginx", Ratios::of(floor, &self.nginx)));
+        for (f, m) in &self.floors {
+            all.push((format!("{}/nginx", f.name), Ratios::of(m, &self.nginx)));
+        }
+        for (f, m) in &self.floors {
             all.push((
-                "sessiongate/hyper alone",
-                Ratios::of(&self.sessiongate, floor),
+                format!("sessiongate/{}", f.name),
+                Ratios::of(&self.sessiongate, m),
             ));
         }
         all
     }
 }
+
+/// A proxy of hyper's doing nothing else, measured beside sessiongate.
+struct Floor {
+    name: &'static str,
+    /// The flag this binary starts it with.
+    flag: &'static str,
+    serve: fn(u16, u16),
+}
+
+const FLOORS: [Floor; 2] = [
+    Floor {
+        name: "hyper alone",
+        flag: "--hyper-floor",
+        serve: hyper_floor,
+    },
+    Floor {
+        name: "hyper paired",
+        flag: "--hyper-paired",
+        serve: hyper_paired,
+    },
+];
 
 /// One proxy's figures divided by another's, in the report's column order
 /// (errors have no ratio).
@@ -619,13 +706,15 @@ fn main() {
     if args.iter().any(|a| a == "--list") {
         return;
     }
-    if let Some(at) = args.iter().position(|a| a == "--hyper-floor") {
-        let port = |i: usize| {
-            args[at + i]
-                .parse()
-                .expect("--hyper-floor PORT UPSTREAM_PORT")
-        };
-        return hyper_floor(port(1), port(2));
+    for floor in &FLOORS {
+        if let Some(at) = args.iter().position(|a| a == floor.flag) {
+            let port = |i: usize| {
+                args[at + i]
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{} PORT UPSTREAM_PORT", floor.flag))
+            };
+            return (floor.serve)(port(1), port(2));
+        }
     }
     let seconds: u64 = env_or("BENCH_SECONDS", 3);
     assert!(
@@ -684,8 +773,13 @@ fn main() {
 
     let mut report = String::new();
     let mut rows: BTreeMap<(String, usize), Row> = BTreeMap::new();
-    let floor_port = free_port();
-    let floor = floor_proxy(floor_port, upstream);
+    let floors: Vec<(&Floor, u16, Running)> = FLOORS
+        .iter()
+        .map(|f| {
+            let port = free_port();
+            (f, port, floor_proxy(f.flag, port, upstream))
+        })
+        .collect();
     for scenario in SCENARIOS
         .iter()
         .filter(|s| wanted.split(',').any(|w| w.trim() == s.key))
@@ -696,27 +790,35 @@ fn main() {
         // The floor proxies the same traffic in every scenario; measured once.
         let with_floor = scenario.key == "a";
         for &c in &connections {
-            let (mut ng_runs, mut sg_runs, mut floor_runs) = (vec![], vec![], vec![]);
+            let (mut ng_runs, mut sg_runs) = (vec![], vec![]);
+            let mut floor_runs: Vec<Vec<Measure>> = floors.iter().map(|_| vec![]).collect();
             let run =
                 |port: u16, pid: u32| measure(port, pid, scenario, Some(&cookie), c, rate, seconds);
             for _ in 0..rounds {
                 ng_runs.push(run(nginx_port, nginx_proxy.0.id()));
                 sg_runs.push(run(port, sg.0.id()));
                 if with_floor {
-                    floor_runs.push(run(floor_port, floor.0.id()));
+                    for ((_, port, proc), runs) in floors.iter().zip(&mut floor_runs) {
+                        runs.push(run(*port, proc.0.id()));
+                    }
                 }
             }
             let row = Row {
                 nginx: combine(&ng_runs),
                 sessiongate: combine(&sg_runs),
-                floor: with_floor.then(|| combine(&floor_runs)),
+                floors: match with_floor {
+                    true => (floors.iter().zip(&floor_runs))
+                        .map(|((f, _, _), runs)| (*f, combine(runs)))
+                        .collect(),
+                    false => vec![],
+                },
             };
             print_row(scenario, c, &row);
             rows.insert((scenario.key.to_owned(), c), row);
         }
         drop(sg);
     }
-    drop(floor);
+    drop(floors);
     let (mib, size) = memory_for_sessions(1_000_000);
     println!("memory store: 1,000,000 sessions of {size} bytes JSON held in {mib:.0} MiB RSS");
 
@@ -728,7 +830,7 @@ fn main() {
     let _ = writeln!(report, "- machine: {}", machine());
     let _ = writeln!(
         report,
-        "- {seconds} s per run, {rounds} rounds alternating nginx, sessiongate and, in (a), hyper alone (medians), fixed rate {rate} requests/s for latency and CPU"
+        "- {seconds} s per run, {rounds} rounds alternating nginx, sessiongate and, in (a), the two hyper floors (medians), fixed rate {rate} requests/s for latency and CPU"
     );
     let _ = writeln!(
         report,
@@ -736,7 +838,7 @@ fn main() {
     );
     let _ = writeln!(
         report,
-        "- the proxies: one worker on CPU {PROXY_CPU}; oha, the upstream (nginx `return 200`) and Redis on CPU {LOAD_CPU}\n- hyper alone: a reverse proxy of hyper's HTTP/1.1 server and pooled client and nothing else, on sessiongate's runtime and allocator (benches/proxy.rs `hyper_floor`): about what a proxy built on hyper costs before any work of its own\n"
+        "- the proxies: one worker on CPU {PROXY_CPU}; oha, the upstream (nginx `return 200`) and Redis on CPU {LOAD_CPU}\n- hyper alone: a reverse proxy of hyper's HTTP/1.1 server and pooled client and nothing else, on sessiongate's runtime and allocator (benches/proxy.rs `hyper_floor`): about what a proxy built on hyper costs before any work of its own\n- hyper paired: the leanest hyper proxy, hyper's HTTP/1.1 server with one hyper client connection per browser connection, driven in that connection's task as sessiongate drives the upstream connections it lends, no pool and nothing else (benches/proxy.rs `hyper_paired`)\n"
     );
     let _ = writeln!(
         report,
