@@ -127,22 +127,19 @@ path=/set count "$name" >"$OUT/count"
 echo "sessiongate: $(cat "$OUT/count") instructions per request setting a key (scenario b; profile: $profile)"
 kill "$vg" 2>/dev/null || true
 
-# The same requests, cookie and all, through each floor.
-name=floor
-start "$name" "$FLOOR" "$floor_bin" --hyper-floor "$FLOOR" "$UP"
-count "$name" >"$OUT/count"
-echo "hyper alone: $(cat "$OUT/count") instructions per request (profile: $profile)"
-count "$name" fresh >"$OUT/count"
-echo "hyper alone: $(cat "$OUT/count") instructions per new connection of one request (profile: $profile)"
-kill "$vg" 2>/dev/null || true
-
-name=paired
-start "$name" "$PAIRED" "$floor_bin" --hyper-paired "$PAIRED" "$UP"
-count "$name" >"$OUT/count"
-echo "hyper paired: $(cat "$OUT/count") instructions per request (profile: $profile)"
-count "$name" fresh >"$OUT/count"
-echo "hyper paired: $(cat "$OUT/count") instructions per new connection of one request (profile: $profile)"
-kill "$vg" 2>/dev/null || true
+# The same requests, cookie and all, through each floor: its name in the
+# profile's file, its label, its port and the bench binary's flag for it.
+floor() {
+    name=$1
+    start "$name" "$3" "$floor_bin" "$4" "$3" "$UP"
+    count "$name" >"$OUT/count"
+    echo "$2: $(cat "$OUT/count") instructions per request (profile: $profile)"
+    count "$name" fresh >"$OUT/count"
+    echo "$2: $(cat "$OUT/count") instructions per new connection of one request (profile: $profile)"
+    kill "$vg" 2>/dev/null || true
+}
+floor floor "hyper alone" "$FLOOR" --hyper-floor
+floor paired "hyper paired" "$PAIRED" --hyper-paired
 
 # The same requests through nginx as a plain reverse proxy: the bench's
 # configuration, one process (no master) so callgrind sees the worker.

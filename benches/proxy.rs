@@ -229,9 +229,32 @@ fn floor_proxy(flag: &str, port: u16, upstream: u16) -> Running {
     serving(cmd, port, flag)
 }
 
-/// A reverse proxy with hyper and nothing else: sessiongate's runtime (one
-/// current-thread runtime, as with `server.workers = 1`), HTTP/1.1 server
-/// and pooled client, no checks, no headers touched but the target.
+/// Serves `port` on sessiongate's runtime (one current-thread runtime, as
+/// with `server.workers = 1`), each accepted connection on a task of its
+/// own running `serve`.
+fn floor_server<F, Fut>(port: u16, serve: F)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        loop {
+            if let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream));
+            }
+        }
+    });
+}
+
+/// A reverse proxy with hyper and nothing else: hyper's HTTP/1.1 server and
+/// pooled client, no checks, no headers touched but the target.
 fn hyper_floor(port: u16, upstream: u16) {
     use http_body_util::Full;
     use hyper::body::Incoming;
@@ -239,57 +262,44 @@ fn hyper_floor(port: u16, upstream: u16) {
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let client = Client::builder(TokioExecutor::new()).build_http::<Incoming>();
-        let base = format!("http://127.0.0.1:{upstream}");
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let (client, base) = (client.clone(), base.clone());
-            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                let client = client.clone();
-                let target = format!(
-                    "{base}{}",
-                    req.uri().path_and_query().map_or("/", |p| p.as_str())
-                );
-                async move {
-                    *req.uri_mut() = target.parse().unwrap();
-                    match client.request(req).await {
-                        Ok(rsp) => {
-                            Ok::<_, std::convert::Infallible>(rsp.map(http_body_util::Either::Left))
-                        }
-                        Err(_) => Ok(Response::builder()
-                            .status(502)
-                            .body(http_body_util::Either::Right(
-                                Full::new(bytes::Bytes::new()),
-                            ))
-                            .unwrap()),
+    let client = Client::builder(TokioExecutor::new()).build_http::<Incoming>();
+    let base = format!("http://127.0.0.1:{upstream}");
+    floor_server(port, move |stream| {
+        let (client, base) = (client.clone(), base.clone());
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let client = client.clone();
+            let target = format!(
+                "{base}{}",
+                req.uri().path_and_query().map_or("/", |p| p.as_str())
+            );
+            async move {
+                *req.uri_mut() = target.parse().unwrap();
+                match client.request(req).await {
+                    Ok(rsp) => {
+                        Ok::<_, std::convert::Infallible>(rsp.map(http_body_util::Either::Left))
                     }
+                    Err(_) => Ok(Response::builder()
+                        .status(502)
+                        .body(http_body_util::Either::Right(
+                            Full::new(bytes::Bytes::new()),
+                        ))
+                        .unwrap()),
                 }
-            });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+            }
+        });
+        async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         }
     });
 }
 
-/// The leanest reverse proxy hyper allows: sessiongate's runtime, hyper's
-/// HTTP/1.1 server, and for each browser connection one upstream
-/// connection of hyper's client (no pool), driven in the browser
-/// connection's task as sessiongate drives the connections it lends; no
-/// checks, no headers touched. What sessiongate would cost with no session
-/// work and no pool at all.
+/// The leanest reverse proxy hyper allows: hyper's HTTP/1.1 server, and for
+/// each browser connection one upstream connection of hyper's client (no
+/// pool), driven in the browser connection's task as sessiongate drives
+/// the connections it lends; no checks, no headers touched. What
+/// sessiongate would cost with no session work and no pool at all.
 fn hyper_paired(port: u16, upstream: u16) {
     use hyper::body::Incoming;
     use hyper::client::conn::http1::SendRequest;
@@ -297,49 +307,34 @@ fn hyper_paired(port: u16, upstream: u16) {
     use hyper_util::rt::TokioIo;
     use std::sync::{Arc, Mutex};
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let Ok(up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
-                    return;
-                };
-                let Ok((sender, conn)) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(up)).await
-                else {
-                    return;
-                };
-                // hyper's service is `Fn`, its sender `&mut`; one request at
-                // a time, so the lock is never contended.
-                let sender: Arc<Mutex<SendRequest<Incoming>>> = Arc::new(Mutex::new(sender));
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let sent = sender.lock().unwrap().send_request(req);
-                    async move {
-                        Ok::<_, std::convert::Infallible>(match sent.await {
-                            Ok(rsp) => rsp.map(http_body_util::Either::Left),
-                            Err(_) => Response::builder()
-                                .status(StatusCode::BAD_GATEWAY)
-                                .body(http_body_util::Either::Right(http_body_util::Empty::new()))
-                                .unwrap(),
-                        })
-                    }
-                });
-                let server = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
-                tokio::select! {
-                    _ = server => {}
-                    _ = conn => {}
-                }
-            });
+    floor_server(port, move |stream| async move {
+        let Ok(up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+            return;
+        };
+        let Ok((sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(up)).await
+        else {
+            return;
+        };
+        // hyper's service is `Fn`, its sender `&mut`; one request at a time,
+        // so the lock is never contended.
+        let sender: Arc<Mutex<SendRequest<Incoming>>> = Arc::new(Mutex::new(sender));
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let sent = sender.lock().unwrap().send_request(req);
+            async move {
+                Ok::<_, std::convert::Infallible>(match sent.await {
+                    Ok(rsp) => rsp.map(http_body_util::Either::Left),
+                    Err(_) => Response::builder()
+                        .status(StatusCode::BAD_GATEWAY)
+                        .body(http_body_util::Either::Right(http_body_util::Empty::new()))
+                        .unwrap(),
+                })
+            }
+        });
+        let server = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service);
+        tokio::select! {
+            _ = server => {}
+            _ = conn => {}
         }
     });
 }
