@@ -9,10 +9,10 @@
 //! what is left, then gets out of the way. The buffer lives only until it
 //! is drained, normally by hyper's next read of the same request head.
 //!
-//! The server makes that first read itself ([`ReadAhead::fill`]) and looks
-//! at it ([`ReadAhead::ahead`]) before choosing who serves the connection:
-//! hyper's HTTP/1 directly, or hyper-util's detection, with its 24-byte
-//! read, when the bytes may begin HTTP/2's preface (see `connection`).
+//! The server also looks at those first bytes ([`ReadAhead::fill`],
+//! [`ReadAhead::ahead`]) before choosing who serves the connection: hyper's
+//! HTTP/1 directly, or hyper-util's detection when they may be HTTP/2's
+//! preface (see `server::Connection`).
 
 use std::future::Future;
 use std::io;
