@@ -1,6 +1,5 @@
 //! The accept loop: connection limits and deadlines, optional TLS, HTTP/1.1
-//! by hyper and HTTP/2 (prior knowledge or ALPN) detected by hyper-util
-//! (see `connection`), the background
+//! and HTTP/2 (prior knowledge or ALPN) via hyper-util, the background
 //! expiry sweep, SIGHUP reloads, and graceful shutdown.
 
 /// `AsyncWrite` for a stream wrapper that only watches reads: every write
@@ -45,7 +44,6 @@ macro_rules! forward_async_write {
     };
 }
 
-mod connection;
 pub mod deadline;
 mod head_tap;
 mod read_ahead;
@@ -65,10 +63,9 @@ use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, StoreConfig};
@@ -287,9 +284,7 @@ async fn accept_loop<S: Store>(
 ) -> anyhow::Result<()> {
     let limits = proxy.settings().server.clone();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    // Cancelled at shutdown; every connection's task is tracked until it ends.
-    let stop = CancellationToken::new();
-    let tracker = TaskTracker::new();
+    let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -311,13 +306,14 @@ async fn accept_loop<S: Store>(
         let tap = activity.clone();
         let down = Downstream::new(peer, acceptor.is_some(), activity);
         let paired = down.paired().clone();
+        let builder = builder(&server);
         let proxy = proxy.clone();
-        let stop = stop.clone();
+        let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
         // Boxed: the connection's future (hyper's HTTP/1 and HTTP/2 state,
         // the TLS handshake) is kilobytes, and tokio moves a task's future
         // by value several times as it spawns, runs and finishes it.
-        tracker.spawn(Box::pin(async move {
+        tokio::spawn(Box::pin(async move {
             let _permit = permit;
             let metrics_of = proxy.clone();
             let service = service_fn(move |req| {
@@ -342,36 +338,13 @@ async fn accept_loop<S: Store>(
                     }
                 }
             };
-            let mut io = ReadAhead::new(HeadTap::new(io, tap, server.max_header_bytes));
-            // The first bytes decide who serves it (`connection`); a
-            // connection silent at shutdown is closed, as hyper-util's
-            // detection would be.
-            let first = tokio::select! {
-                first = io.fill() => first,
-                () = stop.cancelled() => return,
-            };
-            if let Err(e) = first {
-                return connection_failed(&e, peer, metrics_of.metrics());
-            }
-            if io.ahead().is_empty() {
-                return; // closed before sending anything
-            }
-            let served: Result<(), BoxError> = match connection::may_be_http2(io.ahead()) {
-                false => {
-                    let conn = http1(&server)
-                        .serve_connection(TokioIo::new(io), service)
-                        .with_upgrades();
-                    let conn = connection::until_stopped(conn, stop);
-                    Driven::new(conn, paired).await.map_err(Into::into)
-                }
-                true => {
-                    let conn = detecting(&server)
-                        .serve_connection_with_upgrades(TokioIo::new(io), service)
-                        .into_owned();
-                    let conn = connection::until_stopped(conn, stop);
-                    Driven::new(conn, paired).await
-                }
-            };
+            let io = ReadAhead::new(HeadTap::new(io, tap, server.max_header_bytes));
+            let connection = watcher.watch(
+                builder
+                    .serve_connection_with_upgrades(TokioIo::new(io), service)
+                    .into_owned(),
+            );
+            let served = Driven::new(connection, paired).await;
             if let Err(e) = served {
                 connection_failed(&*e, peer, metrics_of.metrics());
             }
@@ -383,9 +356,10 @@ async fn accept_loop<S: Store>(
         "shutting down: no new connections; waiting for requests in flight"
     );
     drop(listener);
-    stop.cancel();
-    tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         warn!(
             ?grace,
             "requests still in flight after server.shutdown_grace; closing them"
@@ -478,24 +452,12 @@ async fn accept(
     }
 }
 
-/// hyper's HTTP/1 server, for a connection that is not HTTP/2.
-fn http1(server: &crate::config::ServerConfig) -> hyper::server::conn::http1::Builder {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        // Head and keep-alive deadlines are kept by `Deadlines`.
-        .header_read_timeout(None)
-        .max_buf_size(server.max_header_bytes);
-    builder
-}
-
-/// hyper-util's HTTP/1-or-2 detection, for a connection that may be
-/// HTTP/2; its HTTP/1 side is configured as [`http1`].
-fn detecting(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
+fn builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
+        // Head and keep-alive deadlines are kept by `Deadlines`.
         .header_read_timeout(None)
         .max_buf_size(server.max_header_bytes);
     builder

@@ -9,10 +9,9 @@
 //! what is left, then gets out of the way. The buffer lives only until it
 //! is drained, normally by hyper's next read of the same request head.
 //!
-//! The server also looks at those first bytes ([`ReadAhead::fill`],
-//! [`ReadAhead::ahead`]) before choosing who serves the connection: hyper's
-//! HTTP/1 directly, or hyper-util's detection when they may be HTTP/2's
-//! preface (see `server::Connection`).
+//! hyper-util offers no way to hand its sniff bytes already read, and its
+//! graceful shutdown covers only its own connection types, so wrapping the
+//! stream is the way to keep both.
 
 use std::future::Future;
 use std::io;
@@ -61,7 +60,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
                 Pin::new(&mut this.inner).poll_read(cx, buf)
             }
             State::First => {
-                std::task::ready!(this.poll_fill(cx))?;
+                // Allocated for each attempt and dropped if nothing has
+                // arrived: a connection that sends nothing holds no buffer,
+                // as before. tokio's `read_buf` reads into the spare
+                // capacity without zeroing it (this crate forbids the unsafe
+                // code that takes); polled once, it reads nothing until ready.
+                let mut bytes = Vec::with_capacity(FIRST_READ);
+                let read = std::pin::pin!(this.inner.read_buf(&mut bytes));
+                std::task::ready!(read.poll(cx))?;
+                this.state = State::Ahead { bytes, at: 0 };
                 this.hand_out(buf);
                 Poll::Ready(Ok(()))
             }
@@ -73,40 +80,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> ReadAhead<T> {
-    /// Makes the first read, if it has not been made, without handing any
-    /// of it out; [`ReadAhead::ahead`] shows it. An error is the stream's.
-    pub async fn fill(&mut self) -> io::Result<()> {
-        std::future::poll_fn(|cx| self.poll_fill(cx)).await
-    }
-
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !matches!(self.state, State::First) {
-            return Poll::Ready(Ok(()));
-        }
-        // Allocated for each attempt and dropped if nothing has arrived: a
-        // connection that sends nothing holds no buffer. tokio's `read_buf`
-        // reads into the spare capacity without zeroing it (this crate
-        // forbids the unsafe code that takes); polled once, it reads
-        // nothing until ready.
-        let mut bytes = Vec::with_capacity(FIRST_READ);
-        let read = std::pin::pin!(self.inner.read_buf(&mut bytes));
-        std::task::ready!(read.poll(cx))?;
-        self.state = State::Ahead { bytes, at: 0 };
-        Poll::Ready(Ok(()))
-    }
-}
-
 impl<T> ReadAhead<T> {
-    /// The bytes read ahead and not yet handed out: after
-    /// [`ReadAhead::fill`], the first read (empty if the peer closed).
-    pub fn ahead(&self) -> &[u8] {
-        match &self.state {
-            State::Ahead { bytes, at } => &bytes[*at..],
-            State::First | State::Through => &[],
-        }
-    }
-
     /// Copies what fits of the bytes read ahead; once they are all handed
     /// out, reads go to the stream. An empty first read (the peer closed)
     /// hands out nothing, which reads as end of stream.
@@ -152,29 +126,6 @@ mod tests {
         client.write_all(b"next").await.unwrap();
         let n = reader.read(&mut rest).await.unwrap();
         assert_eq!(&rest[..n], b"next");
-    }
-
-    /// `fill` makes the first read and shows it; reading hands the same
-    /// bytes out afterwards, as if `fill` had not been called.
-    #[tokio::test]
-    async fn fill_shows_the_first_read_and_hands_it_out_later() {
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let head = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n";
-        client.write_all(head).await.unwrap();
-        let mut reader = ReadAhead::new(server);
-        assert_eq!(reader.ahead(), b"");
-        reader.fill().await.unwrap();
-        assert_eq!(reader.ahead(), head);
-        reader.fill().await.unwrap();
-        assert_eq!(reader.ahead(), head, "a second fill reads nothing more");
-        let mut got = vec![0u8; 4096];
-        let n = reader.read(&mut got).await.unwrap();
-        assert_eq!(&got[..n], head);
-        assert!(matches!(reader.state, State::Through));
-        drop(client);
-        let mut closed = ReadAhead::new(tokio::io::duplex(64).1);
-        closed.fill().await.unwrap();
-        assert_eq!(closed.ahead(), b"", "a peer that closed shows nothing");
     }
 
     /// Reads smaller than what is left are answered in pieces, in order.
