@@ -229,7 +229,6 @@ pub fn field(line: &str, key: &str) -> Option<String> {
     )
 }
 
-/// Resident memory of a process, in MiB (from /proc).
 /// Sends `signal` (`"HUP"`, `"TERM"`) to process `pid`.
 pub fn send_signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
@@ -253,6 +252,7 @@ pub fn attach_strace(pid: u32, args: &[&str]) -> Child {
     child
 }
 
+/// Resident memory of a process, in MiB (from /proc).
 pub fn rss_mib(pid: u32) -> u64 {
     let status =
         std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is alive");
